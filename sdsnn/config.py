@@ -1,0 +1,249 @@
+"""The one experiment configuration schema.
+
+An :class:`ExperimentConfig` describes one training run completely: data, backbone,
+structural development (SD-SNN plasticity), optimisation and energy constants.  Search
+spaces (``sdsnn_search.space``) are this schema plus distributions over some of its
+fields, named by dotted path (``plasticity.spine_window``, ``model.depth``).
+
+Every model forbids unknown fields so that a typo in a YAML file is an error, not a
+silently ignored setting.  Defaults follow docs/sd-snn.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "PlasticityConfig",
+    "TrainConfig",
+    "EnergyConfig",
+    "ExperimentConfig",
+    "load_config",
+    "apply_overrides",
+    "format_validation_error",
+    "REFERENCE_PLASTICITY",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset and how it is turned into spike-ready tensors [T, B, C, H, W]."""
+
+    dataset: str = "digits"
+    data_root: Optional[str] = None  # --data-root, else $SDSNN_DATA_ROOT, else a per-user cache
+    time_steps: int = Field(4, ge=1, le=1024)
+    encoding: Literal["direct", "poisson"] = "direct"  # images only; events are binned into T frames
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # carved from the training set with the seed
+    augment: bool = False  # CIFAR-10: random crop (padding 4) + horizontal flip
+    resolution: Optional[int] = Field(None, ge=4)  # event data: spatial downsampling target (DVS 128 -> 64/48/32)
+    denoise_us: Optional[float] = Field(None, gt=0)  # event data: tonic Denoise filter_time in microseconds
+    train_limit: Optional[int] = Field(None, ge=1)  # use only the first N training samples (quick runs)
+    test_limit: Optional[int] = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Strict):
+    """A backbone from the model registry (``sdsnn.models``), built by name."""
+
+    name: str = "mlp"  # mlp | convnet | sdsnn_cifar | dvs_convnet (see sdsnn.models.MODELS)
+    depth: int = Field(2, ge=1, le=32)  # hidden FC layers (mlp) or conv layers (convnet, dvs_convnet)
+    width: int = Field(128, ge=1)  # hidden units (mlp) or base channels (conv nets)
+    width_growth: float = Field(2.0, gt=0)  # conv nets: channel multiplier after each pool
+    pool_every: int = Field(2, ge=1)  # conv nets: max-pool after every k conv layers
+    fc_width: int = Field(256, ge=0)  # conv nets: hidden FC layer before the classifier (0: none)
+    neuron: Literal["lif", "plif"] = "lif"
+    tau: float = Field(2.0, gt=1.0)
+    v_threshold: float = Field(1.0, gt=0)
+    surrogate: Literal["atan", "sigmoid", "piecewise_quadratic"] = "atan"
+    batch_norm: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class PlasticityConfig(_Strict):
+    """SD-SNN structural development (docs/sd-snn.md sections 3-10).
+
+    ``mode: dense`` switches development off: the baseline.
+    """
+
+    mode: Literal["sdsnn", "dense"] = "sdsnn"
+    develop_every: Union[Literal["epoch"], int] = "epoch"  # or every K optimizer steps
+    spine_window: int = Field(3, ge=1)  # N; the reference uses 18 with 600 epochs
+    shrink_factor: float = Field(0.75, gt=0, lt=1)
+    min_range: float = Field(0.0, ge=0)
+    constrain: Literal["step", "always"] = "step"
+    rho_init_conv: float = Field(0.5, ge=0, le=100)  # neuron pruning rate, percent
+    rho_init_fc: float = Field(2.0, ge=0, le=100)
+    rho_max: float = Field(95.0, ge=0, le=100)
+    trophic_a_conv: float = Field(1.0, ge=0)
+    trophic_tau_conv: float = Field(5.0, gt=0)
+    trophic_floor_conv: float = Field(0.0, ge=0)
+    trophic_a_fc: float = Field(0.5, ge=0)
+    trophic_tau_fc: float = Field(1.0, gt=0)
+    trophic_floor_fc: float = Field(0.0005, ge=0)
+    regrow_p0_conv: float = Field(65.0, ge=0, le=100)
+    regrow_p0_fc: float = Field(60.0, ge=0, le=100)
+    regrow_b: float = Field(1.1, gt=0)
+    regrow_p_max: float = Field(99.0, ge=0, le=100)
+    regrow_window: Optional[int] = Field(None, ge=0)  # None: same as spine_window
+    min_live_fraction: float = Field(0.01, ge=0, le=1)
+    prune_output_layer: bool = False
+
+    @field_validator("develop_every")
+    @classmethod
+    def _positive_interval(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise ValueError("must be 'epoch' or a positive number of optimizer steps")
+        return v
+
+    @property
+    def effective_regrow_window(self) -> int:
+        return self.spine_window if self.regrow_window is None else self.regrow_window
+
+
+#: The published constants (docs/sd-snn.md section 12), for ``PlasticityConfig(**REFERENCE_PLASTICITY)``.
+REFERENCE_PLASTICITY: dict[str, Any] = {
+    "mode": "sdsnn",
+    "develop_every": "epoch",
+    "spine_window": 18,
+    "shrink_factor": 0.75,
+    "constrain": "step",
+    "rho_init_conv": 0.5,
+    "rho_init_fc": 2.0,
+    "rho_max": 95.0,
+    "trophic_a_conv": 1.0,
+    "trophic_tau_conv": 5.0,
+    "trophic_floor_conv": 0.0,
+    "trophic_a_fc": 0.5,
+    "trophic_tau_fc": 1.0,
+    "trophic_floor_fc": 0.0005,
+    "regrow_p0_conv": 65.0,
+    "regrow_p0_fc": 60.0,
+    "regrow_b": 1.1,
+    "regrow_p_max": 99.0,
+    "regrow_window": None,
+    "min_live_fraction": 0.01,
+    "prune_output_layer": False,
+}
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    loss: Literal["ce", "mse"] = "ce"  # on output spike rates; mse is against one-hot
+    grad_clip: Optional[float] = Field(None, gt=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = Field(None, ge=1)  # torch.set_num_threads for this run
+
+
+class EnergyConfig(_Strict):
+    e_ac_pj: float = Field(0.9, ge=0)  # one accumulate (spike-driven synaptic op), 45 nm
+    e_mac_pj: float = Field(4.6, ge=0)  # one multiply-accumulate, 45 nm
+    batches: int = Field(4, ge=1)  # validation batches used to count SOPs
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: everything needed to reproduce a training run."""
+
+    name: str = "experiment"
+    seed: int = 0
+    preset: Optional[Literal["reference"]] = None  # 'reference': the published plasticity constants
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        # The preset fills plasticity fields; fields given explicitly still win.
+        if isinstance(values, dict) and values.get("preset") == "reference":
+            given = dict(values.get("plasticity") or {})
+            values = dict(values)
+            values["plasticity"] = {**REFERENCE_PLASTICITY, **given}
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def dense_baseline(self) -> "ExperimentConfig":
+        """The same experiment with structural development switched off."""
+        d = self.to_dict()
+        d["plasticity"]["mode"] = "dense"
+        d["name"] = f"{self.name}-dense"
+        return ExperimentConfig.model_validate(d)
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line: the file, the first offending field path, what is wrong."""
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first.get("loc", ())) or "<top level>"
+    msg = first.get("msg", "invalid value")
+    kind = first.get("type", "")
+    if kind == "extra_forbidden":
+        msg = "unknown field (check the spelling; see ExperimentConfig in sdsnn/config.py)"
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more error{'s' if more > 1 else ''})" if more > 0 else ""
+    return f"{where}: field '{path}': {msg}{tail}"
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = {}
+            cur[p] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a deep copy of ``base`` with dotted-path overrides set (``{'model.depth': 3}``)."""
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        _set_dotted(out, k, v)
+    return out
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:
+    """Read a YAML experiment file, apply dotted overrides, validate.
+
+    Raises :class:`ConfigError` with a one-line message on any problem.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file (give the path to an experiment YAML file)")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{at} YAML syntax error: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, ...)")
+    raw = apply_overrides(raw, overrides or {})
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(p))) from None
