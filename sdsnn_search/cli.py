@@ -36,6 +36,39 @@ def data() -> None:
 
 
 # ---------------------------------------------------------------- train (issue 3)
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Experiment YAML (any field of sdsnn.config.ExperimentConfig). Default: all defaults.")
+@click.option("--dataset", default=None, help="Override data.dataset (digits, mnist, cifar10, nmnist, dvsgesture).")
+@click.option("--epochs", type=int, default=None, help="Override train.epochs.")
+@click.option("--data-root", default=None, help="Override data.data_root.")
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
+              help="Override any field by dotted path, e.g. --set plasticity.spine_window=2 (YAML value).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for checkpoints and metrics (default results/train-<name>).")
+@click.option("--baseline/--no-baseline", default=True, help="Also train the dense baseline and compare.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out.")
+def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resume) -> None:
+    """Train one experiment without Ray and print it against its dense baseline."""
+    from sdsnn.cli_support import load_train_config, default_out_dir
+    from sdsnn.compare import train_against_dense
+
+    cfg = load_train_config(config_path, dataset=dataset, epochs=epochs, data_root=data_root, sets=sets)
+    out = out_dir or default_out_dir(cfg)
+    comp = train_against_dense(cfg, out, baseline=baseline, resume=resume)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.name}: {cfg.data.dataset}, {cfg.model.name}, {cfg.train.epochs} epochs")
+    for col in ("", "SD-SNN", "dense", "delta"):
+        table.add_column(col, justify="right" if col else "left")
+    for row in comp.rows():
+        table.add_row(*row)
+    Console().print(table)
+    if comp.run.status != "completed":
+        click.echo(f"run stopped early: {comp.run.status} (the loss became NaN or infinite)", err=True)
+        sys.exit(1)
+    click.echo(f"written to {out}")
 
 
 # ---------------------------------------------------------------- search (issue 4)

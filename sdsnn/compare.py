@@ -1,0 +1,78 @@
+"""One experiment against its dense baseline: what ``sdsnn-search train`` prints.
+
+The SD-SNN run and a dense run of the same backbone and budget (development off) are trained
+with the same seed; validation selects, the test set is evaluated once at the end of each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import ExperimentConfig
+from .train import TrainResult, train
+
+__all__ = ["Comparison", "train_against_dense", "COMPARISON_ROWS"]
+
+#: (label, metric key, format) rows of the final table.
+COMPARISON_ROWS = [
+    ("validation accuracy", "val_acc", "{:.2%}"),
+    ("test accuracy", "test_acc", "{:.2%}"),
+    ("synaptic pruning", "syn_prune_rate", "{:.2%}"),
+    ("neuron pruning", "neuron_prune_rate", "{:.2%}"),
+    ("SOPs / sample", "sops", "{:,.0f}"),
+    ("MACs / sample", "macs", "{:,.0f}"),
+    ("energy / sample (pJ)", "energy_pj", "{:,.1f}"),
+    ("parameters (compacted)", "params", "{:,.0f}"),
+]
+
+
+@dataclass
+class Comparison:
+    run: TrainResult
+    dense: Optional[TrainResult]
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(label, SD-SNN value, dense value, delta) as display strings."""
+
+        def get(res: Optional[TrainResult], key: str) -> Optional[float]:
+            if res is None:
+                return None
+            if res.test and key in res.test:
+                return res.test[key]
+            return res.metrics.get(key)
+
+        out = []
+        for label, key, fmt in COMPARISON_ROWS:
+            a, b = get(self.run, key), get(self.dense, key)
+            sa = fmt.format(a) if a is not None else "-"
+            sb = fmt.format(b) if b is not None else "-"
+            if a is None or b is None:
+                delta = "-"
+            elif key in ("energy_pj", "sops", "macs", "params") and b:
+                delta = f"x{a / b:.3f}"
+            elif "{:.2%}" == fmt:
+                delta = f"{(a - b) * 100:+.2f} pt"
+            else:
+                delta = f"{a - b:+,.1f}"
+            out.append((label, sa, sb, delta))
+        return out
+
+
+def train_against_dense(
+    cfg: ExperimentConfig,
+    out_dir: Optional[str | Path] = None,
+    *,
+    baseline: bool = True,
+    resume: bool = False,
+    progress: bool = True,
+) -> Comparison:
+    """Train ``cfg`` and (unless it is dense already or ``baseline=False``) its dense baseline."""
+    out = Path(out_dir) if out_dir is not None else None
+    run = train(cfg, out / "sdsnn" if out else None, resume=resume, evaluate_test=True, progress=progress)
+    dense = None
+    if baseline and cfg.plasticity.mode != "dense":
+        dcfg = cfg.dense_baseline()
+        dense = train(dcfg, out / "dense" if out else None, resume=resume, evaluate_test=True, progress=progress)
+    return Comparison(run, dense)

@@ -1,0 +1,353 @@
+"""The one training loop: learning while developing structure (SD-SNN).
+
+:func:`train` runs one :class:`~sdsnn.config.ExperimentConfig`: surrogate-gradient BPTT with
+AdamW and a cosine schedule, SD-SNN development steps (every epoch or every K optimizer steps),
+validation every epoch, energy accounting, an atomic checkpoint every epoch and exact resume.
+Both ``sdsnn-search train`` and every search trial call it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .compact import count_parameters
+from .config import ExperimentConfig
+from .data import build_loaders
+from .energy import count_operations
+from .models import build_model
+from .plasticity import StructuralDevelopment
+from .structure import LayerMask, full_masks
+
+__all__ = [
+    "train",
+    "TrainResult",
+    "Restored",
+    "restore",
+    "evaluate",
+    "predict",
+    "resolve_device",
+    "CHECKPOINT_NAME",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_CKPT_VERSION = 1
+
+EpochCallback = Callable[[dict, Optional[Path]], None]
+
+
+@dataclass
+class TrainResult:
+    """What one run produced. ``status`` is ``completed`` or ``nan`` (the loss became NaN/inf)."""
+
+    status: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    test: Optional[dict[str, float]] = None
+    run_dir: Optional[Path] = None
+
+
+@dataclass
+class Restored:
+    """A trained network rebuilt from its checkpoint, with its structural masks."""
+
+    model: torch.nn.Module
+    masks: dict[str, LayerMask]
+    config: ExperimentConfig
+    metrics: dict[str, float]
+    epoch: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _lr_factor(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up, then cosine from lr to min_lr; returned as a factor of lr."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    target = min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return target / lr
+
+
+def _loss(rates: torch.Tensor, y: torch.Tensor, kind: str, time_steps: int) -> torch.Tensor:
+    if kind == "mse":
+        return F.mse_loss(rates, F.one_hot(y, rates.shape[1]).to(rates.dtype))
+    # Cross-entropy on output spike counts (rates x T) used as logits.
+    return F.cross_entropy(rates * time_steps, y)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: Iterable, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and labels over a whole loader (argmax of output spike rates)."""
+    model.eval()
+    preds, labels = [], []
+    for x, y in loader:
+        rates = model(x.to(device, non_blocking=True))
+        model.reset()
+        preds.append(rates.argmax(1).cpu())
+        labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader: Iterable, device: torch.device, loss_kind: str, time_steps: int
+) -> dict[str, float]:
+    """Mean loss and accuracy over a loader."""
+    model.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    for x, y in loader:
+        y = y.to(device)
+        rates = model(x.to(device, non_blocking=True))
+        model.reset()
+        loss_sum += float(_loss(rates, y, loss_kind, time_steps)) * y.numel()
+        correct += int((rates.argmax(1) == y).sum())
+        total += y.numel()
+    return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _build(cfg: ExperimentConfig, input_shape, num_classes: int, static_input: bool, device: torch.device):
+    model = build_model(
+        cfg.model,
+        tuple(input_shape),
+        num_classes,
+        static_input=static_input,
+        spiking_input_first=not static_input,
+    ).to(device)
+    dev = None
+    if cfg.plasticity.mode == "sdsnn":
+        dev = StructuralDevelopment(model.prunable_layers(), cfg.plasticity, num_classes)
+    return model, dev
+
+
+def _current_masks(model, dev) -> dict[str, LayerMask]:
+    return dev.masks() if dev is not None else full_masks(model.prunable_layers())
+
+
+def _energy_batches(loader: Iterable, n: int) -> list[torch.Tensor]:
+    out = []
+    for i, (x, _) in enumerate(loader):
+        if i >= n:
+            break
+        out.append(x)
+    return out
+
+
+def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device) -> dict[str, float]:
+    masks = _current_masks(model, dev)
+    m: dict[str, float] = {}
+    if dev is not None:
+        m.update(dev.stats())
+    else:
+        m.update({"syn_prune_rate": 0.0, "neuron_prune_rate": 0.0, "regrown": 0.0, "pruned": 0.0})
+    report = count_operations(model, masks, [x.to(device) for x in energy_inputs], cfg.energy)
+    m.update(report.to_metrics())
+    m.update(getattr(report, "firing_metrics", lambda: {})())
+    params = count_parameters(model, masks)
+    m["params"] = float(params["compact"])
+    m["dense_params"] = float(params["dense"])
+    return m
+
+
+def train(
+    cfg: ExperimentConfig,
+    run_dir: Optional[str | Path] = None,
+    *,
+    resume: bool = False,
+    on_epoch: Optional[EpochCallback] = None,
+    evaluate_test: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one experiment. See docs/internals.md for the metrics and files it writes.
+
+    With ``run_dir``, every epoch writes ``checkpoint.pt`` (atomically), ``metrics.jsonl`` and
+    ``config.json``. With ``resume=True`` and a checkpoint present, training continues from it and
+    gives the same numbers as an uninterrupted run (same machine, same seed).
+    """
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    bundle = build_loaders(cfg.data, cfg.seed)  # raises DatasetUnavailable before anything is written
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(run_path / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    _seed_everything(cfg.seed)
+    model, dev = _build(cfg, bundle.input_shape, bundle.num_classes, bundle.static_input, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = len(bundle.train)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = steps_per_epoch * cfg.train.warmup_epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total_steps, warmup_steps, cfg.train.lr, cfg.train.min_lr)
+    )
+    develop_k = cfg.plasticity.develop_every if isinstance(cfg.plasticity.develop_every, int) else None
+    T = cfg.data.time_steps
+
+    start_epoch, global_step = 0, 0
+    history: list[dict[str, float]] = []
+    ckpt_path = run_path / CHECKPOINT_NAME if run_path is not None else None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if dev is not None and state.get("development") is not None:
+            dev.load_state_dict(state["development"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+        history = list(state["history"])
+        if state.get("status") == "nan":
+            return TrainResult("nan", history[-1] if history else {}, history, None, run_path)
+
+    energy_inputs = _energy_batches(bundle.val, cfg.energy.batches)
+    status = "completed"
+    epochs = range(start_epoch, cfg.train.epochs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.train.epochs, initial=start_epoch, desc=cfg.name, unit="epoch")
+
+    for epoch in epochs:
+        bundle.train.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in bundle.train:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            rates = model(x)
+            loss = _loss(rates, y, cfg.train.loss, T)
+            if not torch.isfinite(loss):
+                model.reset()
+                status = "nan"
+                break
+            loss.backward()
+            if dev is not None:
+                dev.after_backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            if dev is not None:
+                dev.after_optimizer_step(optimizer)
+            scheduler.step()
+            model.reset()
+            global_step += 1
+            loss_sum += float(loss.detach()) * y.numel()
+            correct += int((rates.detach().argmax(1) == y).sum())
+            seen += y.numel()
+            if dev is not None and develop_k is not None and global_step % develop_k == 0:
+                dev.develop(optimizer)
+        if status == "completed" and dev is not None and develop_k is None:
+            dev.develop(optimizer)
+        epoch_time = time.perf_counter() - t0
+
+        metrics: dict[str, float] = {
+            "epoch": float(epoch + 1),
+            "train_loss": loss_sum / seen if seen and status == "completed" else float("nan"),
+            "train_acc": correct / seen if seen else 0.0,
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "epoch_time_s": epoch_time,
+        }
+        if status == "completed":
+            val = evaluate(model, bundle.val, device, cfg.train.loss, T)
+            metrics["val_loss"], metrics["val_acc"] = val["loss"], val["acc"]
+            metrics.update(_structure_metrics(model, dev, cfg, energy_inputs, device))
+        history.append(metrics)
+        if ckpt_path is not None:
+            _atomic_torch_save(
+                {
+                    "version": _CKPT_VERSION,
+                    "status": status,
+                    "config": cfg.to_dict(),
+                    "epoch": epoch + 1,
+                    "global_step": global_step,
+                    "input_shape": list(bundle.input_shape),
+                    "num_classes": int(bundle.num_classes),
+                    "static_input": bool(bundle.static_input),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "development": dev.state_dict() if dev is not None else None,
+                    "history": history,
+                    "rng": torch.get_rng_state(),
+                },
+                ckpt_path,
+            )
+            _atomic_write_text(run_path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        if bar is not None:
+            bar.update(1)
+            if status == "completed":
+                bar.set_postfix(
+                    loss=f"{metrics['train_loss']:.3f}",
+                    val=f"{metrics['val_acc']:.3f}",
+                    prune=f"{metrics['syn_prune_rate']:.2f}",
+                )
+        if on_epoch is not None:
+            on_epoch(metrics, run_path)
+        if status != "completed":
+            break
+    if bar is not None:
+        bar.close()
+
+    test = None
+    if evaluate_test and status == "completed":
+        t = evaluate(model, bundle.test, device, cfg.train.loss, T)
+        test = {"test_loss": t["loss"], "test_acc": t["acc"]}
+        if run_path is not None:
+            _atomic_write_text(run_path / "test.json", json.dumps(test, indent=2))
+    return TrainResult(status, history[-1] if history else {}, history, test, run_path)
+
+
+def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
+    """Rebuild a trained model and its masks from ``run_dir/checkpoint.pt`` (no pickle)."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        from .errors import UserError
+
+        raise UserError(f"{path}: no checkpoint found (was the trial run to completion with a run dir?)")
+    state = torch.load(path, map_location=device, weights_only=True)
+    cfg = ExperimentConfig.model_validate(state["config"])
+    dev_t = torch.device(device)
+    model, dev = _build(cfg, state["input_shape"], state["num_classes"], state["static_input"], dev_t)
+    model.load_state_dict(state["model"])
+    if dev is not None and state.get("development") is not None:
+        dev.load_state_dict(state["development"])
+    model.eval()
+    history = state.get("history") or []
+    return Restored(model, _current_masks(model, dev), cfg, history[-1] if history else {}, int(state["epoch"]))
