@@ -1,0 +1,12 @@
+"""SD-SNN: adaptive structural development for spiking networks, as a plain PyTorch library.
+
+Each part adds its public names to ``__all__`` in its own section below.
+"""
+
+__all__: list[str] = []
+
+# ---- backbones, energy, compaction (issue 3) ----
+from .models import MODELS, SpikingNet, build_model, register_model  # noqa: E402
+
+__all__ += ["MODELS", "SpikingNet", "build_model", "register_model"]
+# ---- end backbones, energy, compaction ----

@@ -1,0 +1,369 @@
+"""Spiking backbones, built by name from a :class:`~sdsnn.config.ModelConfig`.
+
+Every backbone is a :class:`SpikingNet`: a chain of *blocks*, each one weight layer (conv or FC),
+an optional BatchNorm, a spiking neuron layer (spikingjelly LIF or PLIF, multi-step mode, hard
+reset, surrogate gradient) and an optional 2x2 max-pool after the neuron.  The last block is the
+output layer (FC + LIF); the network's output is its spike rate over the T time steps.
+
+Tensors flow time-first, ``[T, B, ...]``.  Weight layers and BatchNorm are stateless, so a block
+folds T into the batch dimension for them (what spikingjelly's ``SeqToANNContainer`` does) and
+unfolds it for the neuron, which integrates over time.
+
+Backbones (registry :data:`MODELS`, extend with :func:`register_model`):
+
+- ``mlp``: ``depth`` hidden FC layers of ``width`` units, then the classifier.
+- ``convnet``: VGG-style; ``depth`` 3x3 conv layers starting at ``width`` channels, a 2x2 max-pool
+  after every ``pool_every`` convs, channels multiplied by ``width_growth`` after each pool; then
+  an optional hidden FC layer of ``fc_width`` units, then the classifier.
+- ``sdsnn_cifar``: the reference CIFAR-10 network of docs/sd-snn.md section 12 (conv 128, 128,
+  pool, 256, 256, pool, 512, 512; FC 512 with threshold 0.5; FC classes).  Its topology and
+  neuron types are fixed (PLIF convs without bias + BN, LIF FCs); ``tau``, ``v_threshold`` (convs
+  and output), ``surrogate`` and ``dropout`` come from the config; ``depth``, ``width``,
+  ``width_growth``, ``pool_every``, ``fc_width``, ``neuron`` and ``batch_norm`` are ignored.
+- ``dvs_convnet``: ``depth`` blocks of conv3x3-BN-LIF-maxpool2 with ``width`` channels (the
+  spikingjelly N-MNIST / DVS-Gesture examples), then an optional FC of ``fc_width``, the classifier.
+
+All builders take the same arguments, see :func:`build_model`.  ``widths`` overrides the output
+size of every hidden layer, which is how :mod:`sdsnn.compact` rebuilds a thinner network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from spikingjelly.activation_based import base as sj_base, layer as sj_layer, neuron as sj_neuron, surrogate
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .structure import LayerInfo
+
+__all__ = [
+    "MODELS",
+    "register_model",
+    "build_model",
+    "SpikingNet",
+    "SpikingBlock",
+    "BlockSpec",
+]
+
+_SURROGATES: dict[str, Callable[[], nn.Module]] = {
+    "atan": surrogate.ATan,
+    "sigmoid": surrogate.Sigmoid,
+    "piecewise_quadratic": surrogate.PiecewiseQuadratic,
+}
+
+
+@dataclass
+class BlockSpec:
+    """What one block is; a builder returns the list of these for a given input and widths."""
+
+    name: str  # layer name used in masks and metrics: conv1.., fc1.., out
+    kind: str  # "conv" | "fc"
+    out: int  # output channels / units
+    neuron: str  # "lif" | "plif"
+    v_threshold: float
+    batch_norm: bool
+    bias: bool
+    pool: bool = False  # 2x2 max-pool after the neuron (conv only)
+    dropout: float = 0.0  # dropout on this block's input (FC after a spiking layer only)
+
+
+def _make_neuron(kind: str, cfg: ModelConfig, v_threshold: float) -> nn.Module:
+    sg = _SURROGATES[cfg.surrogate]()
+    if kind == "plif":
+        return sj_neuron.ParametricLIFNode(
+            init_tau=float(cfg.tau), v_threshold=float(v_threshold), v_reset=0.0,
+            surrogate_function=sg, step_mode="m",
+        )
+    return sj_neuron.LIFNode(
+        tau=float(cfg.tau), v_threshold=float(v_threshold), v_reset=0.0,
+        surrogate_function=sg, step_mode="m",
+    )
+
+
+class SpikingBlock(nn.Module):
+    """weight layer -> [BatchNorm] -> spiking neuron -> [max-pool 2x2], time-first tensors."""
+
+    def __init__(self, spec: BlockSpec, in_features: int, cfg: ModelConfig, flatten_input: bool):
+        super().__init__()
+        self.spec = spec
+        self.flatten_input = flatten_input
+        self.dropout = sj_layer.Dropout(spec.dropout, step_mode="m") if spec.dropout > 0 else None
+        if spec.kind == "conv":
+            self.layer: nn.Module = nn.Conv2d(in_features, spec.out, 3, padding=1, bias=spec.bias)
+            self.norm: Optional[nn.Module] = nn.BatchNorm2d(spec.out) if spec.batch_norm else None
+        else:
+            self.layer = nn.Linear(in_features, spec.out, bias=spec.bias)
+            self.norm = nn.BatchNorm1d(spec.out) if spec.batch_norm else None
+        self.neuron = _make_neuron(spec.neuron, cfg, spec.v_threshold)
+        self.pool = nn.MaxPool2d(2) if spec.pool else None
+
+    def _analog(self, x: torch.Tensor) -> torch.Tensor:
+        """Weight layer + BN on a [N, ...] tensor (N = T*B, or B for a static input)."""
+        y = self.layer(x)
+        if self.norm is not None:
+            y = self.norm(y)
+        return y
+
+    def forward(self, x: torch.Tensor, static: bool = False) -> torch.Tensor:
+        if self.flatten_input:
+            x = x.flatten(2)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        T, B = x.shape[0], x.shape[1]
+        if static:
+            # Every time step carries the same tensor: the affine layer (and BN, which sees the
+            # same batch statistics as for T copies) runs once and is broadcast over T.
+            y = self._analog(x[0])
+            y = y.unsqueeze(0).expand((T,) + tuple(y.shape))
+        else:
+            y = self._analog(x.flatten(0, 1))
+            y = y.reshape((T, B) + tuple(y.shape[1:]))
+        s = self.neuron(y)
+        if self.pool is not None:
+            s = self.pool(s.flatten(0, 1))
+            s = s.reshape((T, B) + tuple(s.shape[1:]))
+        return s
+
+
+class SpikingNet(nn.Module):
+    """A chain of :class:`SpikingBlock`; ``forward(x [T,B,C,H,W]) -> rates [B, classes]``.
+
+    ``spec()`` returns everything needed to rebuild the same architecture (used by
+    :func:`sdsnn.compact.save_model` / :func:`sdsnn.load_model`).
+    Set ``record_firing = True`` to keep each spiking layer's mean firing rate of the last forward
+    pass; read them with :meth:`firing_rates`.
+    """
+
+    def __init__(
+        self,
+        family: str,
+        cfg: ModelConfig,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        blocks: list[BlockSpec],
+        *,
+        static_input: bool,
+        spiking_input_first: bool,
+    ):
+        super().__init__()
+        self.family = family
+        self.cfg = cfg
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.num_classes = int(num_classes)
+        self.static_input = bool(static_input)
+        self.spiking_input_first = bool(spiking_input_first)
+        self.block_specs = blocks
+        self.record_firing = False
+        self._rates: dict[str, torch.Tensor] = {}
+        c, h, w = self.input_shape
+        mods = []
+        spatial = True  # the current tensor is [C, H, W]
+        feat = c
+        for spec in blocks:
+            flatten = False
+            if spec.kind == "conv":
+                if not spatial:
+                    raise ConfigError(f"model '{family}': a conv layer after an FC layer; check the builder")
+                in_f = feat
+            else:
+                in_f = feat * h * w if spatial else feat
+                flatten = spatial
+                spatial = False
+            mods.append(SpikingBlock(spec, in_f, cfg, flatten))
+            feat = spec.out
+            if spec.kind == "conv" and spec.pool:
+                h, w = h // 2, w // 2
+        self.blocks = nn.ModuleList(mods)
+
+    # --- structure -------------------------------------------------------------------------
+    @property
+    def widths(self) -> list[int]:
+        """Output sizes of the hidden layers (every block but the output layer)."""
+        return [int(b.spec.out) for b in self.blocks[:-1]]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [b.spec.name for b in self.blocks]
+
+    def prunable_layers(self) -> list[LayerInfo]:
+        """Every weight layer in forward order, the output layer last (``is_output=True``)."""
+        out = []
+        n = len(self.blocks)
+        for i, b in enumerate(self.blocks):
+            out.append(
+                LayerInfo(
+                    name=b.spec.name,
+                    module=b.layer,
+                    kind=b.spec.kind,  # type: ignore[arg-type]
+                    norm=b.norm,
+                    is_output=(i == n - 1),
+                    spiking_input=(self.spiking_input_first if i == 0 else True),
+                )
+            )
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-ready description from which :func:`build_model` rebuilds this architecture."""
+        return {
+            "family": self.family,
+            "model": self.cfg.model_dump(mode="json"),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "widths": self.widths,
+            "static_input": self.static_input,
+            "spiking_input_first": self.spiking_input_first,
+        }
+
+    # --- running ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Reset every neuron's membrane state and dropout masks (call after each batch).
+
+        Resets the spikingjelly memory modules directly (``functional.reset_net(model)`` also
+        works, but it would call this method too and log a warning for it).
+        """
+        for m in self.modules():
+            if m is not self and isinstance(m, sj_base.MemoryModule):
+                m.reset()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"SpikingNet expects x of shape [T, B, C, H, W], got {tuple(x.shape)}")
+        rec = self.record_firing
+        if rec:
+            self._rates = {}
+        for i, b in enumerate(self.blocks):
+            x = b(x, static=(i == 0 and self.static_input))
+            if rec:
+                self._rates[b.spec.name] = x.detach().float().mean()
+        return x.mean(0)
+
+    def firing_rates(self) -> dict[str, float]:
+        """Mean firing rate of each layer's neurons in the last forward pass (needs ``record_firing``).
+
+        Measured after the layer's max-pool when it has one (what the next layer receives).
+        """
+        return {k: float(v) for k, v in self._rates.items()}
+
+
+# --- registry ---------------------------------------------------------------------------------
+Builder = Callable[[ModelConfig, tuple[int, int, int], int], list[BlockSpec]]
+MODELS: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Register a builder ``fn(cfg, input_shape, num_classes) -> list[BlockSpec]`` under ``name``."""
+
+    def deco(fn: Builder) -> Builder:
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def _out_block(cfg: ModelConfig, num_classes: int, after_spikes: bool = True) -> BlockSpec:
+    return BlockSpec("out", "fc", num_classes, "lif", cfg.v_threshold, batch_norm=False, bias=True,
+                     dropout=cfg.dropout if after_spikes else 0.0)
+
+
+@register_model("mlp")
+def _mlp(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> list[BlockSpec]:
+    bn = cfg.batch_norm
+    blocks = [
+        BlockSpec(f"fc{i + 1}", "fc", cfg.width, cfg.neuron, cfg.v_threshold, batch_norm=bn, bias=not bn,
+                  dropout=cfg.dropout if i > 0 else 0.0)
+        for i in range(cfg.depth)
+    ]
+    return blocks + [_out_block(cfg, num_classes)]
+
+
+def _conv_stack(cfg: ModelConfig, input_shape: tuple[int, int, int], channels: Sequence[int],
+                pools: Sequence[bool], neuron: str, bn: bool) -> list[BlockSpec]:
+    blocks = []
+    h = min(input_shape[1], input_shape[2])
+    for i, (ch, pool) in enumerate(zip(channels, pools)):
+        pool = bool(pool) and h >= 2  # never pool a 1x1 map
+        if pool:
+            h //= 2
+        blocks.append(BlockSpec(f"conv{i + 1}", "conv", int(ch), neuron, cfg.v_threshold,
+                                batch_norm=bn, bias=not bn, pool=pool))
+    return blocks
+
+
+@register_model("convnet")
+def _convnet(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> list[BlockSpec]:
+    channels, pools = [], []
+    ch = float(cfg.width)
+    for i in range(cfg.depth):
+        channels.append(max(1, int(round(ch))))
+        pool = (i + 1) % cfg.pool_every == 0
+        pools.append(pool)
+        if pool:
+            ch *= cfg.width_growth
+    blocks = _conv_stack(cfg, input_shape, channels, pools, cfg.neuron, cfg.batch_norm)
+    if cfg.fc_width > 0:
+        blocks.append(BlockSpec("fc1", "fc", cfg.fc_width, cfg.neuron, cfg.v_threshold,
+                                batch_norm=False, bias=True, dropout=cfg.dropout))
+    return blocks + [_out_block(cfg, num_classes)]
+
+
+@register_model("sdsnn_cifar")
+def _sdsnn_cifar(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> list[BlockSpec]:
+    channels = [128, 128, 256, 256, 512, 512]
+    pools = [False, True, False, True, False, False]
+    blocks = _conv_stack(cfg, input_shape, channels, pools, "plif", bn=True)
+    blocks.append(BlockSpec("fc1", "fc", 512, "lif", 0.5, batch_norm=False, bias=True, dropout=cfg.dropout))
+    return blocks + [_out_block(cfg, num_classes)]
+
+
+@register_model("dvs_convnet")
+def _dvs_convnet(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> list[BlockSpec]:
+    blocks = _conv_stack(cfg, input_shape, [cfg.width] * cfg.depth, [True] * cfg.depth, cfg.neuron,
+                         cfg.batch_norm)
+    if cfg.fc_width > 0:
+        blocks.append(BlockSpec("fc1", "fc", cfg.fc_width, cfg.neuron, cfg.v_threshold,
+                                batch_norm=False, bias=True, dropout=cfg.dropout))
+    return blocks + [_out_block(cfg, num_classes)]
+
+
+def build_model(
+    cfg: ModelConfig,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    static_input: bool = False,
+    widths: Optional[Sequence[int]] = None,
+    spiking_input_first: bool = False,
+) -> SpikingNet:
+    """Build the backbone ``cfg.name`` for inputs ``[T, B, *input_shape]`` and ``num_classes`` outputs.
+
+    ``static_input``: every time step of x is the same tensor (direct encoding); the first layer
+    is then computed once and broadcast over T (same outputs, T times cheaper first layer).
+    ``widths``: explicit output sizes of the hidden layers (all but the output layer).
+    ``spiking_input_first``: the first layer's input is spikes/events (Poisson coding, event data)
+    rather than analog values; decides whether energy accounting counts its SOPs or MACs.
+    """
+    if cfg.name not in MODELS:
+        raise ConfigError(
+            f"model.name '{cfg.name}' is not a known backbone; choose one of {sorted(MODELS)}"
+        )
+    if len(input_shape) != 3 or any(int(v) < 1 for v in input_shape):
+        raise ConfigError(f"model '{cfg.name}': input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
+    if num_classes < 1:
+        raise ConfigError(f"model '{cfg.name}': num_classes must be positive, got {num_classes}")
+    shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+    blocks = MODELS[cfg.name](cfg, shape, int(num_classes))
+    if widths is not None:
+        widths = [int(v) for v in widths]
+        if len(widths) != len(blocks) - 1 or any(v < 1 for v in widths):
+            raise ConfigError(
+                f"model '{cfg.name}': widths must list {len(blocks) - 1} positive hidden-layer sizes, got {widths}"
+            )
+        for b, wdt in zip(blocks[:-1], widths):
+            b.out = wdt
+    return SpikingNet(cfg.name, cfg, shape, num_classes, blocks,
+                      static_input=static_input, spiking_input_first=spiking_input_first)
