@@ -1,0 +1,175 @@
+"""Pareto analysis against brute force on random points (2 and 3 objectives, mixed max/min)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sdsnn.errors import UserError
+from sdsnn_search.pareto import (
+    Constraint,
+    analyze_studies,
+    feasible_mask,
+    hypervolume,
+    hypervolume_history,
+    knee_index,
+    nondominated_mask,
+    to_minimisation,
+)
+
+from _synth_study import make_trials, write_study
+
+MODES = {2: [True, False], 3: [True, False, True]}
+
+
+def brute_nondominated(pts_min: np.ndarray) -> np.ndarray:
+    n = len(pts_min)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            le = np.all(pts_min[j] <= pts_min[i])
+            if le and np.any(pts_min[j] < pts_min[i]):
+                keep[i] = False  # strictly dominated
+            elif le and j < i:
+                keep[i] = False  # duplicate of an earlier point
+    return keep
+
+
+def brute_hypervolume(pts_min: np.ndarray, ref: np.ndarray) -> float:
+    """Volume of the union of boxes [p, ref] by summing the cells of the coordinate grid."""
+    pts = pts_min[np.all(pts_min < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    axes = [np.unique(np.append(pts[:, k], ref[k])) for k in range(pts.shape[1])]
+    total = 0.0
+    for cell in itertools.product(*[range(len(a) - 1) for a in axes]):
+        lower = np.array([axes[k][c] for k, c in enumerate(cell)])
+        if np.any(np.all(pts <= lower, axis=1)):
+            total += float(np.prod([axes[k][c + 1] - axes[k][c] for k, c in enumerate(cell)]))
+    return total
+
+
+def random_points(rng, n, m):
+    # small integer grid: many ties and duplicates, the hard cases for dominance
+    return rng.integers(0, 8, size=(n, m)).astype(float)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_nondominated_and_hypervolume_equal_brute_force(m):
+    rng = np.random.default_rng(m)
+    maximise = MODES[m]
+    for _ in range(25):
+        pts = random_points(rng, int(rng.integers(1, 16)), m)
+        ref = np.where(maximise, -0.5, 8.5) if rng.random() < 0.5 else np.full(m, 5.0)  # some points worse than ref
+        mins = to_minimisation(pts, maximise)
+        ref_min = to_minimisation(ref.reshape(1, -1), maximise)[0]
+        np.testing.assert_array_equal(nondominated_mask(pts, maximise), brute_nondominated(mins))
+        assert hypervolume(pts, maximise, ref) == pytest.approx(brute_hypervolume(mins, ref_min), rel=1e-12, abs=1e-12)
+
+
+def test_hypervolume_is_positive_and_known_value():
+    # maximise accuracy, minimise energy; reference (0, 10)
+    pts = np.array([[0.5, 4.0], [0.8, 6.0], [0.4, 8.0]])
+    # boxes: [0,0.5]x[4,10] U [0,0.8]x[6,10]  -> 0.5*6 + 0.3*4 = 4.2 ; third point dominated
+    assert hypervolume(pts, [True, False], [0.0, 10.0]) == pytest.approx(4.2)
+
+
+def test_hypervolume_history_equals_prefix_brute_force():
+    rng = np.random.default_rng(7)
+    maximise = MODES[3]
+    pts = random_points(rng, 14, 3)
+    counted = rng.random(14) < 0.7
+    ref = np.array([-1.0, 9.0, -1.0])
+    hist = hypervolume_history(pts, maximise, ref, counted=counted)
+    mins = to_minimisation(pts, maximise)
+    ref_min = to_minimisation(ref.reshape(1, -1), maximise)[0]
+    for k in range(1, 15):
+        sel = mins[:k][counted[:k]]
+        assert hist[k - 1] == pytest.approx(brute_hypervolume(sel, ref_min))
+    assert np.all(np.diff(hist) >= -1e-12)
+
+
+def test_knee_lies_on_front_and_picks_the_balanced_point():
+    rng = np.random.default_rng(3)
+    for m in (2, 3):
+        for _ in range(20):
+            pts = random_points(rng, 12, m)
+            nd = nondominated_mask(pts, MODES[m])
+            front = pts[nd]
+            k = knee_index(front, MODES[m])
+            assert 0 <= k < len(front)
+            # the knee is not dominated by any point of the whole set
+            assert nondominated_mask(np.vstack([front[k], pts]), MODES[m])[0]
+    # a convex front: the middle point is closest to the ideal point
+    front = np.array([[0.99, 10.0], [0.95, 2.0], [0.5, 1.0]])  # maximise acc, minimise energy
+    assert knee_index(front, [True, False]) == 1
+
+
+def test_feasible_mask_filters_constraints_and_nan():
+    df = pd.DataFrame({"val_acc": [0.9, 0.5, np.nan, 0.8], "energy_pj": [5.0, 1.0, 1.0, 20.0]})
+    cons = [Constraint("val_acc", ">=", 0.7), Constraint("energy_pj", "<=", 10.0)]
+    np.testing.assert_array_equal(feasible_mask(df, cons), [True, False, False, False])
+    with pytest.raises(UserError, match="not a column"):
+        feasible_mask(df, [Constraint("nope", ">=", 1)])
+
+
+def test_analyze_study_front_constraints_baseline_and_deltas(tmp_path):
+    trials = make_trials(30, seed=1)
+    # an infeasible trial that would dominate everything: the constraint must keep it off the front
+    trials.loc[len(trials)] = {**trials.iloc[1].to_dict(), "trial_id": "cheat", "val_acc": 0.69, "energy_pj": 1.0}
+    d = write_study(tmp_path, "s1", trials)
+    res = analyze_studies([d])["digits"]
+    front = res.front
+    assert "cheat" not in set(front["trial_id"]) and "baseline" not in set(front["trial_id"])
+    assert (front["val_acc"] >= 0.7).all()
+    assert set(front["status"]) == {"completed"}
+    # brute force on the feasible rows
+    t = res.trials
+    feas = (t["status"] == "completed") & ~t["is_baseline"] & (t["val_acc"] >= 0.7)
+    pts = t.loc[feas, ["val_acc", "energy_pj"]].to_numpy(float)
+    mins = to_minimisation(pts, [True, False])
+    expected = set(t.loc[feas, "trial_id"][brute_nondominated(mins)])
+    assert set(front["trial_id"]) == expected
+    assert res.hypervolume == pytest.approx(brute_hypervolume(mins, np.array([0.0, 2.0e6])))
+    assert res.history["hypervolume"].iloc[-1] == pytest.approx(res.hypervolume)
+    assert res.knee_trial_id in expected and front["is_knee"].sum() == 1
+    # deltas against the dense baseline row (val_acc 0.95, energy 1.2e6, params 10000)
+    np.testing.assert_allclose(front["acc_gain"], front["val_acc"] - 0.95)
+    np.testing.assert_allclose(front["energy_vs_dense"], front["energy_pj"] / 1.2e6)
+    np.testing.assert_allclose(front["params_vs_dense"], front["params"] / 10000)
+
+
+def test_studies_of_one_dataset_merge_and_datasets_stay_apart(tmp_path):
+    a = write_study(tmp_path, "a", make_trials(12, seed=2), created="2025-01-01")
+    b = write_study(tmp_path, "b", make_trials(12, seed=3), created="2025-01-02")
+    c = write_study(tmp_path, "c", make_trials(12, seed=4, dataset="mnist"), dataset="mnist")
+    res = analyze_studies([b, a, c])
+    assert set(res) == {"digits", "mnist"}
+    merged = res["digits"]
+    assert list(merged.history["study"].unique()) == ["a", "b"]  # ordered by creation time
+    t = merged.trials
+    feas = t["feasible"].to_numpy()
+    pts = t.loc[feas, ["val_acc", "energy_pj"]].to_numpy(float)
+    keys = list(zip(t.loc[feas, "study"], t.loc[feas, "trial_id"]))
+    nd = brute_nondominated(to_minimisation(pts, [True, False]))
+    expected = {k for k, keep in zip(keys, nd) if keep}
+    assert set(zip(merged.front["study"], merged.front["trial_id"])) == expected
+
+
+def test_no_feasible_trial_gives_one_clear_line(tmp_path):
+    d = write_study(tmp_path, "hard", make_trials(8, seed=5),
+                    constraints=[{"metric": "val_acc", "op": ">=", "value": 0.999}])
+    with pytest.raises(UserError) as e:
+        analyze_studies([d])
+    msg = str(e.value)
+    assert "\n" not in msg and "no feasible trial" in msg and "val_acc >= 0.999" in msg and str(d) in msg
+
+
+def test_not_a_study_folder(tmp_path):
+    with pytest.raises(UserError, match="no study.json"):
+        analyze_studies([tmp_path])
