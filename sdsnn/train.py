@@ -166,6 +166,20 @@ def _energy_batches(loader: Iterable, n: int) -> list[torch.Tensor]:
     return out
 
 
+@torch.no_grad()
+def _firing_metrics(model, x: torch.Tensor) -> dict[str, float]:
+    """Mean firing rate of each spiking layer on one validation batch: ``firing_rate/<layer>``."""
+    model.eval()
+    model.record_firing = True
+    try:
+        model(x)
+        rates = model.firing_rates()
+    finally:
+        model.record_firing = False
+        model.reset()
+    return {f"firing_rate/{k}": v for k, v in rates.items()}
+
+
 def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device) -> dict[str, float]:
     masks = _current_masks(model, dev)
     m: dict[str, float] = {}
@@ -175,7 +189,7 @@ def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device)
         m.update({"syn_prune_rate": 0.0, "neuron_prune_rate": 0.0, "regrown": 0.0, "pruned": 0.0})
     report = count_operations(model, masks, [x.to(device) for x in energy_inputs], cfg.energy)
     m.update(report.to_metrics())
-    m.update(getattr(report, "firing_metrics", lambda: {})())
+    m.update(_firing_metrics(model, energy_inputs[0].to(device)) if energy_inputs else {})
     params = count_parameters(model, masks)
     m["params"] = float(params["compact"])
     m["dense_params"] = float(params["dense"])

@@ -1,0 +1,117 @@
+"""The training loop: exact resume, NaN status, hard masks through real training, CLI train."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sdsnn.config import ExperimentConfig
+from sdsnn.structure import expand_group_mask
+from sdsnn.train import restore, train
+
+
+def tiny_cfg(**over) -> ExperimentConfig:
+    d = {
+        "name": "tiny",
+        "seed": 3,
+        "data": {"dataset": "digits", "time_steps": 2, "batch_size": 32, "train_limit": 320},
+        "model": {"name": "mlp", "depth": 2, "width": 24},
+        "plasticity": {"develop_every": 2, "spine_window": 1, "rho_init_fc": 10.0},
+        "train": {"epochs": 3, "lr": 3e-3, "threads": 1},
+        "energy": {"batches": 1},
+    }
+    for k, v in over.items():
+        sect, key = k.split(".")
+        d.setdefault(sect, {})[key] = v
+    return ExperimentConfig.model_validate(d)
+
+
+def _strip_times(history):
+    return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history]
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    cfg = tiny_cfg()
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    def crash_after_two(metrics, run_dir):
+        if metrics["epoch"] == 2:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        train(cfg, tmp_path / "cut", on_epoch=crash_after_two, progress=False)
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
+
+    assert full.status == resumed.status == "completed"
+    assert len(resumed.history) == 3
+    assert _strip_times(resumed.history) == _strip_times(full.history)
+    a = restore(tmp_path / "full").model.state_dict()
+    b = restore(tmp_path / "cut").model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # metrics.jsonl holds exactly one line per epoch after the resume
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1.0, 2.0, 3.0]
+
+
+def test_development_prunes_and_masked_weights_stay_zero(tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 4})
+    res = train(cfg, tmp_path, progress=False)
+    assert res.status == "completed"
+    assert res.metrics["syn_prune_rate"] > 0.0  # development actually pruned something
+    r = restore(tmp_path)
+    for li in r.model.prunable_layers():
+        m = r.masks[li.name]
+        live = expand_group_mask(m.group, li.weight)
+        assert int((li.weight != 0).sum()) <= int(live.sum())
+        assert torch.all(li.weight[~live] == 0)
+    assert res.metrics["energy_pj"] <= res.metrics["dense_energy_pj"]
+
+
+def test_nan_loss_ends_run_with_status(tmp_path):
+    seen = []
+    # A learning rate of 1e30 overflows the weights on the first steps: the loop must stop cleanly.
+    bad = tiny_cfg(**{"train.lr": 1e30, "train.weight_decay": 0.0})
+    res = train(bad, tmp_path / "bad", on_epoch=lambda m, d: seen.append(m), progress=False)
+    assert res.status == "nan"
+    assert len(seen) == 1  # the callback still hears about the failed epoch
+    assert len(res.history) == 1 and math.isnan(res.history[-1]["train_loss"])
+    state = torch.load(tmp_path / "bad" / "checkpoint.pt", weights_only=True)
+    assert state["status"] == "nan"
+    # resuming a NaN run does not train on
+    again = train(bad, tmp_path / "bad", resume=True, progress=False)
+    assert again.status == "nan"
+
+
+def test_train_cli_prints_table_against_dense(tmp_path):
+    cmd = [
+        sys.executable, "-m", "sdsnn_search.cli", "train", "--dataset", "digits", "--epochs", "1",
+        "--set", "data.train_limit=200", "--set", "model.width=16", "--set", "train.threads=1",
+        "--out", str(tmp_path / "run"),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    for label in ("validation accuracy", "test accuracy", "synaptic pruning", "energy / sample"):
+        assert label in p.stdout
+    assert (tmp_path / "run" / "sdsnn" / "checkpoint.pt").exists()
+    assert (tmp_path / "run" / "dense" / "test.json").exists()
+
+
+def test_train_cli_bad_field_is_one_line_exit_2(tmp_path):
+    cmd = [sys.executable, "-m", "sdsnn_search.cli", "train", "--set", "plasticity.spine_windw=2",
+           "--out", str(tmp_path / "x")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "plasticity.spine_windw" in p.stderr and "unknown field" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
