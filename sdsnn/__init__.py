@@ -7,6 +7,7 @@ __all__: list[str] = []
 
 # ---- backbones, energy, compaction (issue 3) ----
 from .models import MODELS, SpikingNet, build_model, register_model  # noqa: E402
+from .energy import EnergyReport, count_operations  # noqa: E402
 
-__all__ += ["MODELS", "SpikingNet", "build_model", "register_model"]
+__all__ += ["MODELS", "SpikingNet", "build_model", "register_model", "EnergyReport", "count_operations"]
 # ---- end backbones, energy, compaction ----
