@@ -1,0 +1,401 @@
+"""The SD-SNN structural development process and its training-loop hooks.
+
+:class:`StructuralDevelopment` owns the structural state of a network (masks, spines, regrowth
+counters, neuron pruning rates) and applies docs/sd-snn.md sections 4-10 to its layers:
+
+    loss.backward()
+    dev.after_backward()              # regrowth signal += grad; grads of masked entries -> 0
+    optimizer.step()
+    dev.after_optimizer_step(opt)     # hard masks (+ spine clamp when constrain: always)
+    ...
+    dev.develop(opt)                  # once per development interval (epoch or K steps)
+
+A development step ``s`` (counted here, from 0) runs, in order: spine initialisation (s = 0) or
+adaptation (s >= 1), the synaptic constraint (s > N), regeneration (s > 2N), neuronal pruning
+(s > 2N) and the neurotrophic rate update (s > 2N). Every rule is a few tensor passes over a
+layer's weights; the only Python loop is over layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+from ..config import PlasticityConfig
+from ..errors import ConfigError
+from ..structure import LayerInfo, LayerMask, expand_group_mask
+from .pruning import neuron_scores, num_to_prune, select_pruned, spine_size
+from .regeneration import group_signal, regrow_percentile, update_regrowth
+from .spines import SPINE_KEYS, adapt_spines, constrain_, init_spines, record_history
+from .trophic import surviving_neurons, trophic_alpha, update_rho
+
+__all__ = ["StructuralDevelopment", "reset_optimizer_state"]
+
+_STATE_VERSION = 1
+
+
+@torch.no_grad()
+def reset_optimizer_state(optimizer: Optional[torch.optim.Optimizer], param: Optional[torch.Tensor], where: torch.Tensor) -> None:
+    """Zero the optimizer's per-element state of ``param`` where ``where`` (bool, broadcastable) is True.
+
+    Works for any optimizer whose per-element state tensors have the parameter's shape (AdamW
+    ``exp_avg`` / ``exp_avg_sq`` / ``max_exp_avg_sq``, SGD ``momentum_buffer``, ...). Scalars such
+    as Adam's ``step`` are shared by the whole tensor and left alone. A parameter without state
+    yet is skipped.
+    """
+    if optimizer is None or param is None:
+        return
+    st = optimizer.state.get(param)
+    if not st:
+        return
+    for v in st.values():
+        if torch.is_tensor(v) and v.shape == param.shape:
+            v.masked_fill_(where.to(v.device), 0)
+
+
+def _neuron_params(li: LayerInfo) -> list[torch.Tensor]:
+    """Per-neuron parameters of a layer: its bias and its BatchNorm affine parameters."""
+    out = []
+    bias = getattr(li.module, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        out.append(bias)
+    if li.norm is not None:
+        for name in ("weight", "bias"):
+            p = getattr(li.norm, name, None)
+            if isinstance(p, torch.Tensor):
+                out.append(p)
+    return out
+
+
+class _Layer:
+    """Structural state of one layer (all tensors on the layer's device)."""
+
+    def __init__(self, li: LayerInfo, develops: bool, prunes_neurons: bool, rho: float):
+        w = li.weight
+        self.li = li
+        self.develops = develops  # spines, constraint, regeneration, counted in the pruning rates
+        self.prunes_neurons = prunes_neurons  # hidden layers: neuron pruning and trophic rate
+        self.group = torch.ones(w.shape[0], w.shape[1], dtype=torch.bool, device=w.device)
+        self.neuron = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+        self.rho = float(rho)
+        self.spine: Optional[dict[str, torch.Tensor]] = None
+        if develops:
+            self.grad_acc = torch.zeros_like(w, memory_format=torch.contiguous_format).detach()
+            self.c_grow = torch.zeros(self.group.shape, dtype=torch.int32, device=w.device)
+            self.cand_prev = torch.zeros_like(self.group)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the cached float masks used by the per-step hooks."""
+        w = self.li.weight
+        self.wmask = expand_group_mask(self.group, w).to(w.dtype).contiguous()
+        self.all_alive = bool(self.neuron.all())
+        self.nmask = self.neuron.to(w.dtype)
+
+    @torch.no_grad()
+    def impose(self) -> None:
+        """Hard masks: masked weights, and bias / BN affine of pruned neurons, exactly zero."""
+        self.li.weight.mul_(self.wmask)
+        if not self.all_alive:
+            for p in _neuron_params(self.li):
+                p.mul_(self.nmask.to(p.dtype))
+
+
+class StructuralDevelopment:
+    """SD-SNN structural development of a network's layers (docs/sd-snn.md sections 3-10).
+
+    Args:
+        layers: the network's weight layers in forward order (``SpikingNet.prunable_layers()``);
+            ``is_output`` layers keep all their neurons.
+        cfg: the plasticity constants. ``mode: dense`` is refused (the training loop simply does
+            not create this object for the dense baseline).
+        num_outputs: the number of output neurons; ``S_next`` of the last hidden layer.
+
+    Layers that develop: every non-output layer, plus the output layer when
+    ``cfg.prune_output_layer`` (it then gets spines, the constraint and regeneration and counts
+    in the synaptic pruning rate, but its neurons are never pruned).
+    """
+
+    def __init__(self, layers: list[LayerInfo], cfg: PlasticityConfig, num_outputs: int):
+        if cfg.mode == "dense":
+            raise ConfigError(
+                "plasticity.mode is 'dense': structural development is off, so do not create "
+                "StructuralDevelopment (set plasticity.mode: sdsnn to enable it)"
+            )
+        if not layers:
+            raise ValueError("StructuralDevelopment needs at least one layer")
+        names = [li.name for li in layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique, got {names}")
+        self.cfg = cfg
+        self.num_outputs = int(num_outputs)
+        self.step = 0  # index of the next development step
+        self.history = 0  # weights recorded in the spine history (0, 1 or 2)
+        self.last: dict[str, int] = {"pruned": 0, "regrown": 0, "pruned_groups": 0, "revived": 0}
+        self._layers: list[_Layer] = []
+        for li in layers:
+            hidden = not li.is_output
+            develops = hidden or cfg.prune_output_layer
+            rho0 = cfg.rho_init_conv if li.kind == "conv" else cfg.rho_init_fc
+            self._layers.append(_Layer(li, develops, hidden, min(rho0, cfg.rho_max) if hidden else 0.0))
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def window(self) -> int:
+        return int(self.cfg.spine_window)
+
+    def _dev(self) -> Iterable[_Layer]:
+        return (L for L in self._layers if L.develops)
+
+    def _hidden(self) -> list[_Layer]:
+        return [L for L in self._layers if L.prunes_neurons]
+
+    def _kind_const(self, L: _Layer, name: str) -> float:
+        return float(getattr(self.cfg, f"{name}_{'conv' if L.li.kind == 'conv' else 'fc'}"))
+
+    @property
+    def constraint_active(self) -> bool:
+        """True once a development step s > N has run (the constraint phase)."""
+        return self.step - 1 > self.window
+
+    # ------------------------------------------------------------------ training-loop hooks
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """After ``loss.backward()``: accumulate the regrowth signal, then zero masked gradients.
+
+        The weight's gradient is the gradient with respect to the effective (masked) weight,
+        since masked entries hold exactly 0. Gradients of masked weights and of the bias / BN
+        parameters of pruned neurons are zeroed so the optimizer never moves them.
+        """
+        for L in self._layers:
+            w = L.li.weight
+            if L.develops and w.grad is not None:
+                L.grad_acc.add_(w.grad)
+                w.grad.mul_(L.wmask)
+            if not L.all_alive:
+                for p in _neuron_params(L.li):
+                    if p.grad is not None:
+                        p.grad.mul_(L.nmask.to(p.grad.dtype))
+
+    @torch.no_grad()
+    def after_optimizer_step(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """After ``optimizer.step()``: re-impose the hard masks (the same effect as
+        :func:`sdsnn.structure.apply_masks`, with cached masks), and clamp the weights into their
+        spines when ``constrain: always`` and the constraint phase is on."""
+        clamp = self.cfg.constrain == "always" and self.constraint_active
+        for L in self._layers:
+            if clamp and L.develops and L.spine is not None:
+                constrain_(L.li.weight.data, L.spine)
+            L.impose()
+
+    @torch.no_grad()
+    def develop(self, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, Any]:
+        """One development step (sd-snn.md 4-9). Returns counts for logging.
+
+        ``pruned``: neurons pruned at this step; ``pruned_groups``: synapse groups masked by it;
+        ``regrown``: synapse groups regrown; ``revived``: pruned neurons brought back to life.
+        Newly masked and regrown entries get their optimizer state zeroed (also the bias / BN
+        entries of pruned and revived neurons).
+        """
+        s = self.step
+        n = self.window
+        cfg = self.cfg
+        out: dict[str, Any] = {"step": s, "pruned": 0, "pruned_groups": 0, "regrown": 0, "revived": 0}
+        dev = list(self._dev())
+
+        # 4-5. spines: initialise at s = 0, adapt at s >= 1
+        for L in dev:
+            w = L.li.weight.data
+            if s == 0 or L.spine is None:
+                L.spine = init_spines(w)
+            else:
+                live = expand_group_mask(L.group, w)
+                adapt_spines(L.spine, w, live, self.history, n, cfg.shrink_factor, cfg.min_range)
+
+        # 6. synaptic constraint
+        if s > n:
+            for L in dev:
+                constrain_(L.li.weight.data, L.spine)
+
+        revived_by_layer: dict[int, torch.Tensor] = {}
+        if s > 2 * n:
+            # 7. regeneration, before pruning
+            for i, L in enumerate(self._layers):
+                if not L.develops:
+                    continue
+                w = L.li.weight
+                p = regrow_percentile(
+                    s, n, self._kind_const(L, "regrow_p0"), cfg.regrow_b, cfg.regrow_p_max
+                )
+                regrow, L.c_grow, L.cand_prev = update_regrowth(
+                    group_signal(L.grad_acc), L.group, L.c_grow, L.cand_prev, p, cfg.effective_regrow_window
+                )
+                nreg = int(regrow.sum())
+                if nreg == 0:
+                    continue
+                out["regrown"] += nreg
+                L.group |= regrow
+                wsel = expand_group_mask(regrow, w)
+                w.data.masked_fill_(wsel, 0.0)  # regrown weights start at exactly 0
+                reset_optimizer_state(optimizer, w, wsel)
+                if L.prunes_neurons:
+                    revived = regrow.any(dim=1) & ~L.neuron
+                    if bool(revived.any()):
+                        L.neuron |= revived
+                        revived_by_layer[i] = revived
+                        out["revived"] += int(revived.sum())
+                        self._revive_neuron_params(L, revived, optimizer)
+
+            # 8. neuronal pruning, after regeneration
+            for i, L in enumerate(self._layers):
+                if not L.prunes_neurons:
+                    continue
+                w = L.li.weight
+                live = expand_group_mask(L.group, w)
+                z = spine_size(L.spine["r_hi"], L.spine["r_lo"], live)
+                k = num_to_prune(L.li.num_neurons, L.rho)
+                newly = select_pruned(neuron_scores(z), L.neuron, k, protect=revived_by_layer.get(i))
+                if not bool(newly.any()):
+                    continue
+                rows = newly[:, None] & L.group
+                out["pruned"] += int(newly.sum())
+                out["pruned_groups"] += int(rows.sum())
+                L.neuron &= ~newly
+                L.group &= ~newly[:, None]
+                reset_optimizer_state(optimizer, w, expand_group_mask(rows, w))
+                for q in _neuron_params(L.li):
+                    reset_optimizer_state(optimizer, q, newly)
+
+            # 9. neurotrophic rate update, after pruning
+            hidden = self._hidden()
+            surv = [
+                surviving_neurons(L.group, L.neuron, L.li.group_size, cfg.min_live_fraction) for L in hidden
+            ]
+            for j, L in enumerate(hidden):
+                s_next = surv[j + 1] if j + 1 < len(hidden) else self.num_outputs
+                alpha = trophic_alpha(
+                    s,
+                    n,
+                    self._kind_const(L, "trophic_a"),
+                    self._kind_const(L, "trophic_tau"),
+                    self._kind_const(L, "trophic_floor"),
+                )
+                L.rho = update_rho(L.rho, alpha, surv[j], s_next, cfg.rho_max)
+
+        # 10. hard masks; bookkeeping for the next step
+        for L in self._layers:
+            L.refresh()
+            L.impose()
+            if L.develops:
+                record_history(L.spine, L.li.weight.data)
+                L.grad_acc.zero_()
+        self.history = min(self.history + 1, 2)
+        self.step = s + 1
+        self.last = {k: int(out[k]) for k in ("pruned", "regrown", "pruned_groups", "revived")}
+        return out
+
+    @torch.no_grad()
+    def _revive_neuron_params(self, L: _Layer, revived: torch.Tensor, optimizer) -> None:
+        """A revived neuron starts like a fresh one: bias 0, BN weight 1 and bias 0, BN running
+        statistics (0, 1), no optimizer state."""
+        bias = getattr(L.li.module, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            bias.data.masked_fill_(revived, 0.0)
+        norm = L.li.norm
+        if norm is not None:
+            if isinstance(getattr(norm, "weight", None), torch.Tensor):
+                norm.weight.data.masked_fill_(revived, 1.0)
+            if isinstance(getattr(norm, "bias", None), torch.Tensor):
+                norm.bias.data.masked_fill_(revived, 0.0)
+            rm, rv = getattr(norm, "running_mean", None), getattr(norm, "running_var", None)
+            if isinstance(rm, torch.Tensor):
+                rm.masked_fill_(revived, 0.0)
+            if isinstance(rv, torch.Tensor):
+                rv.masked_fill_(revived, 1.0)
+        for q in _neuron_params(L.li):
+            reset_optimizer_state(optimizer, q, revived)
+
+    # ------------------------------------------------------------------ reading the state
+    def masks(self) -> dict[str, LayerMask]:
+        """Current masks of every layer (copies); non-developing layers are all alive."""
+        return {L.li.name: LayerMask(L.group.clone(), L.neuron.clone()) for L in self._layers}
+
+    def rho(self) -> dict[str, float]:
+        """Neuron pruning rate (percent) per hidden layer."""
+        return {L.li.name: L.rho for L in self._hidden()}
+
+    def stats(self) -> dict[str, float]:
+        """Flat metrics: overall and per-layer synaptic / neuron pruning rates, rho, last step's counts."""
+        out: dict[str, float] = {}
+        live_w = all_w = 0
+        dead_n = all_n = 0
+        for L in self._dev():
+            gs = L.li.group_size
+            lw = int(L.group.sum()) * gs
+            aw = L.group.numel() * gs
+            live_w += lw
+            all_w += aw
+            out[f"syn_prune/{L.li.name}"] = 1.0 - lw / aw if aw else 0.0
+            if L.prunes_neurons:
+                d = int((~L.neuron).sum())
+                c = L.neuron.numel()
+                dead_n += d
+                all_n += c
+                out[f"neuron_prune/{L.li.name}"] = d / c if c else 0.0
+                out[f"rho/{L.li.name}"] = L.rho
+        out["syn_prune_rate"] = 1.0 - live_w / all_w if all_w else 0.0
+        out["neuron_prune_rate"] = dead_n / all_n if all_n else 0.0
+        out["pruned"] = float(self.last["pruned"])
+        out["regrown"] = float(self.last["regrown"])
+        return out
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers only (loadable with ``torch.load(weights_only=True)``)."""
+        layers: dict[str, Any] = {}
+        for L in self._layers:
+            d: dict[str, Any] = {"group": L.group.clone(), "neuron": L.neuron.clone(), "rho": L.rho}
+            if L.develops:
+                d["grad_acc"] = L.grad_acc.clone()
+                d["c_grow"] = L.c_grow.clone()
+                d["cand_prev"] = L.cand_prev.clone()
+                if L.spine is not None:
+                    for k in SPINE_KEYS:
+                        d[k] = L.spine[k].clone()
+            layers[L.li.name] = d
+        return {
+            "version": _STATE_VERSION,
+            "step": self.step,
+            "history": self.history,
+            "last": dict(self.last),
+            "layers": layers,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (tensors are moved to each layer's device).
+
+        Only the structural state is restored; the model's weights come from its own checkpoint.
+        """
+        if int(state.get("version", -1)) != _STATE_VERSION:
+            raise ValueError(f"unsupported StructuralDevelopment state version {state.get('version')}")
+        saved = state["layers"]
+        mine = [L.li.name for L in self._layers]
+        if sorted(saved) != sorted(mine):
+            raise ValueError(f"state has layers {sorted(saved)}, this network has {sorted(mine)}")
+        for L in self._layers:
+            d = saved[L.li.name]
+            dev = L.li.weight.device
+            if tuple(d["group"].shape) != tuple(L.group.shape):
+                raise ValueError(f"layer {L.li.name}: mask shape {tuple(d['group'].shape)} != {tuple(L.group.shape)}")
+            L.group = d["group"].to(dev, torch.bool).clone()
+            L.neuron = d["neuron"].to(dev, torch.bool).clone()
+            L.rho = float(d["rho"])
+            if L.develops:
+                L.grad_acc = d["grad_acc"].to(dev).clone()
+                L.c_grow = d["c_grow"].to(dev, torch.int32).clone()
+                L.cand_prev = d["cand_prev"].to(dev, torch.bool).clone()
+                L.spine = {k: d[k].to(dev).clone() for k in SPINE_KEYS} if "r_hi" in d else None
+            L.refresh()
+        self.step = int(state["step"])
+        self.history = int(state["history"])
+        self.last = {k: int(v) for k, v in state["last"].items()}
