@@ -35,6 +35,36 @@ def data() -> None:
     """Check and fetch datasets."""
 
 
+_DATA_ROOT_HELP = "data root folder(s), os.pathsep-separated; default $SDSNN_DATA_ROOT, else ~/.cache/sdsnn/data"
+
+
+@data.command("check")
+@click.argument("name", required=False)
+@click.option("--data-root", default=None, metavar="DIR", help=_DATA_ROOT_HELP)
+def data_check(name, data_root) -> None:
+    """Show, per dataset, whether it is present / partial / absent, where, and its sample counts."""
+    from sdsnn.data import check_datasets, data_roots, format_status_table
+
+    statuses = check_datasets([name] if name else None, data_root)
+    click.echo("data roots: " + ", ".join(str(r) for r in data_roots(data_root)))
+    for line in format_status_table(statuses):
+        click.echo(line)
+    if name and statuses[0].state == "absent":
+        sys.exit(1)
+
+
+@data.command("fetch")
+@click.argument("name")
+@click.option("--data-root", default=None, metavar="DIR", help=_DATA_ROOT_HELP)
+def data_fetch(name, data_root) -> None:
+    """Download dataset NAME into the first writable data root (MNIST/CIFAR-10 with md5 checks, events via tonic)."""
+    from sdsnn.data import fetch_dataset, format_status_table
+
+    status = fetch_dataset(name, data_root)
+    for line in format_status_table([status]):
+        click.echo(line)
+
+
 # ---------------------------------------------------------------- train (issue 3)
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -75,6 +105,34 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
 
 
 # ---------------------------------------------------------------- pareto / export / ui (issue 5)
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write the reports into OUT/<dataset>/ instead of each study folder.")
+@click.option("--mlflow/--no-mlflow", "log_mlflow", default=True,
+              help="Also log the report files as artifacts on each study's MLflow parent run.")
+def pareto(dirs, out_dir, log_mlflow) -> None:
+    """Pareto fronts, hypervolume, knee and reports of finished studies (merged per dataset)."""
+    from pathlib import Path
+
+    from sdsnn_search.pareto import analyze_studies
+    from sdsnn_search.report import write_report
+
+    results = analyze_studies(dirs)
+    for dataset, res in results.items():
+        target = Path(out_dir) / dataset if out_dir else None
+        written = write_report(res, target, log_mlflow=log_mlflow)
+        k = res.knee
+        objs = ", ".join(f"{o.metric}={k[o.metric]:.4g}" for o in res.objectives)
+        click.echo(f"{dataset}: {len(res.front)} on the front of {res.counts['feasible']} feasible / "
+                   f"{res.counts['completed']} completed trials; hypervolume {res.hypervolume:.6g}; "
+                   f"knee {res.knee_trial_id} ({objs})")
+        for w in written:
+            where = f" (logged to MLflow run {w.logged_to})" if w.logged_to else ""
+            click.echo(f"  report: {w.folder / 'report.md'}{where}")
+            for n in w.notes:
+                click.echo(f"  note: {n}")
+
 
 
 if __name__ == "__main__":  # pragma: no cover

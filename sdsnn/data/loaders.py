@@ -1,0 +1,224 @@
+"""Batch loaders over in-memory uint8 arrays, and :func:`build_loaders`.
+
+Batches are cut by index slicing from one tensor (no per-sample ``__getitem__``) and converted
+to float per batch, which keeps a 2-core CPU busy with the network rather than the data.
+
+Randomness (shuffling, augmentation, Poisson spikes) comes from a ``torch.Generator`` seeded
+by (seed, stream, epoch): the train loader's batches are a pure function of the seed and the
+epoch set with :meth:`BatchLoader.set_epoch`, so a resumed run sees identical batches.
+Validation and test loaders iterate in fixed order and re-seed on every pass, so Poisson
+inputs are the same at every evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from .registry import Dataset, SplitArrays, get_dataset
+from .roots import data_roots
+
+__all__ = ["BatchLoader", "DataBundle", "build_loaders", "split_train_val", "derive_seed"]
+
+_STREAMS = {"train": 0, "val": 1, "test": 2, "split": 3}
+
+
+def derive_seed(seed: int, stream: int, epoch: int = 0) -> int:
+    """A 63-bit seed that depends on all three numbers (via numpy's SeedSequence)."""
+    ss = np.random.SeedSequence([int(seed) % (1 << 63), int(stream), int(epoch) % (1 << 63)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, val) index arrays covering ``range(n)``; a fixed function of ``seed``.
+
+    Both are returned sorted, so the split does not depend on anything but (n, fraction, seed).
+    """
+    n_val = int(round(n * val_fraction))
+    n_val = min(max(n_val, 1), n - 1) if n >= 2 else 0
+    g = torch.Generator().manual_seed(derive_seed(seed, _STREAMS["split"]))
+    perm = torch.randperm(n, generator=g).numpy()
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class BatchLoader:
+    """Iterates ``(x [T, B, C, H, W] float32, y [B] int64)`` batches.
+
+    ``x`` holds uint8 images ``[N, C, H, W]`` (``events=False``) or uint8 event frames
+    ``[N, T, C, H, W]`` (``events=True``). Images are scaled by ``1/max_value``, optionally
+    augmented (random crop with zero padding 4 and horizontal flip, per sample), then either
+    repeated over T (``direct``, normalised by mean/std when given; returned as an expanded view,
+    no copy) or turned into Bernoulli spikes with probability equal to the intensity (``poisson``).
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int,
+        time_steps: int,
+        seed: int,
+        stream: str,
+        shuffle: bool,
+        encoding: str = "direct",
+        events: bool = False,
+        max_value: float = 255.0,
+        mean: Optional[tuple[float, ...]] = None,
+        std: Optional[tuple[float, ...]] = None,
+        augment: bool = False,
+    ) -> None:
+        if x.dtype != torch.uint8:
+            raise TypeError("BatchLoader expects uint8 data")
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.time_steps = int(time_steps)
+        self.seed = int(seed)
+        self.stream = stream
+        self.shuffle = shuffle
+        self.encoding = encoding
+        self.events = events
+        self.scale = 1.0 / float(max_value)
+        c = x.shape[2] if events else x.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) if mean else None
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
+        self.augment = augment
+        self.epoch = 0
+        # Training with BatchNorm fails on a final batch of one sample: drop it (a different
+        # sample each epoch, since the order is shuffled).
+        n = len(self.y)
+        self._n_used = n - 1 if (shuffle and n > 1 and n % self.batch_size == 1) else n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffling/augmentation/spikes the next iteration produces."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        return self._n_used
+
+    def __len__(self) -> int:
+        return math.ceil(self._n_used / self.batch_size)
+
+    def _generator(self) -> torch.Generator:
+        epoch = self.epoch if self.shuffle else 0
+        return torch.Generator().manual_seed(derive_seed(self.seed, _STREAMS.get(self.stream, 9), epoch))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = self._generator()
+        n = len(self.y)
+        order = torch.randperm(n, generator=g)[: self._n_used] if self.shuffle else None
+        for start in range(0, self._n_used, self.batch_size):
+            if order is None:
+                xb, yb = self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                xb, yb = self.x[idx], self.y[idx]
+            yield self._convert(xb, g), yb
+
+    # ------------------------------------------------------------------ conversion
+    def _convert(self, xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.events:
+            # [B, T, C, H, W] counts -> [T, B, C, H, W] float
+            return xb.transpose(0, 1).to(torch.float32).contiguous()
+        x = xb.to(torch.float32).mul_(self.scale)
+        if self.augment:
+            x = random_crop_flip(x, g, pad=4)
+        T = self.time_steps
+        if self.encoding == "poisson":
+            return (torch.rand((T, *x.shape), generator=g) < x.unsqueeze(0)).to(torch.float32)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x.unsqueeze(0).expand(T, *x.shape)
+
+
+def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per-sample random crop of a zero-padded batch ``[B, C, H, W]`` and random horizontal flip."""
+    B, C, H, W = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (B,), generator=g)
+    ox = torch.randint(0, 2 * pad + 1, (B,), generator=g)
+    flip = torch.rand(B, generator=g) < 0.5
+    rows = (oy[:, None] + torch.arange(H)[None, :])  # [B, H]
+    cols = ox[:, None] + torch.arange(W)[None, :]  # [B, W]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    b = torch.arange(B)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class DataBundle:
+    """What :func:`build_loaders` returns (see docs/internals.md)."""
+
+    train: BatchLoader
+    val: BatchLoader
+    test: BatchLoader
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    static_input: bool
+    sizes: dict[str, int] = field(default_factory=dict)
+    dataset: str = ""
+    time_steps: int = 1
+
+
+def build_loaders(cfg: DataConfig, seed: int, *, download: bool = False, progress: bool = True) -> DataBundle:
+    """Train / validation / test loaders for ``cfg.dataset``.
+
+    The validation set is ``cfg.val_fraction`` of the (limited) training set, chosen with
+    ``seed``; the test set is the dataset's own. Raises :class:`~sdsnn.errors.DatasetUnavailable`
+    (one line, before anything is written) when the files are missing, unless ``download`` is
+    True and the download succeeds.
+    """
+    ds: Dataset = get_dataset(cfg.dataset)
+    roots = data_roots(cfg.data_root)
+    root = ds.find(roots)
+    if root is None:
+        if download:
+            ds.fetch(roots)
+        root = ds.require(roots)
+    tr = ds.load(root, "train", cfg, limit=cfg.train_limit, progress=progress)
+    te = ds.load(root, "test", cfg, limit=cfg.test_limit, progress=progress)
+    idx_tr, idx_val = split_train_val(len(tr), cfg.val_fraction, seed)
+
+    events = ds.kind == "event"
+    common = dict(
+        time_steps=cfg.time_steps,
+        seed=seed,
+        encoding="direct" if events else cfg.encoding,
+        events=events,
+        max_value=getattr(ds, "max_value", 255.0),
+        mean=None if events else getattr(ds, "mean", None),
+        std=None if events else getattr(ds, "std", None),
+    )
+
+    def tensors(a: SplitArrays, idx: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = (a.x, a.y) if idx is None else (a.x[idx], a.y[idx])
+        # read-only arrays (the per-process cache) are copied so that torch owns writable memory
+        x = np.ascontiguousarray(x) if x.flags.writeable else np.array(x, copy=True)
+        y = np.array(y, dtype=np.int64, copy=not y.flags.writeable or y.dtype != np.int64)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    xt, yt = tensors(tr, idx_tr)
+    xv, yv = tensors(tr, idx_val)
+    xs, ys = tensors(te)
+    augment = bool(cfg.augment and getattr(ds, "augmentable", False))
+    train = BatchLoader(xt, yt, batch_size=cfg.batch_size, stream="train", shuffle=True, augment=augment, **common)
+    val = BatchLoader(xv, yv, batch_size=cfg.eval_batch_size, stream="val", shuffle=False, **common)
+    test = BatchLoader(xs, ys, batch_size=cfg.eval_batch_size, stream="test", shuffle=False, **common)
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        num_classes=ds.num_classes,
+        input_shape=tuple(ds.shape_for(cfg)),
+        static_input=(not events) and cfg.encoding == "direct",
+        sizes={"train": len(yt), "val": len(yv), "test": len(ys)},
+        dataset=ds.name,
+        time_steps=cfg.time_steps,
+    )
