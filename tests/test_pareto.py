@@ -173,3 +173,21 @@ def test_no_feasible_trial_gives_one_clear_line(tmp_path):
 def test_not_a_study_folder(tmp_path):
     with pytest.raises(UserError, match="no study.json"):
         analyze_studies([tmp_path])
+
+
+def test_cli_pareto_writes_reports_and_fails_cleanly(tmp_path):
+    from click.testing import CliRunner
+
+    from sdsnn_search.cli import main
+
+    good = write_study(tmp_path, "ok", make_trials(10, seed=6))
+    r = CliRunner().invoke(main, ["pareto", str(good), "--no-mlflow"])
+    assert r.exit_code == 0, r.output
+    assert "hypervolume" in r.output and (good / "pareto.csv").is_file()
+    bad = write_study(tmp_path, "bad", make_trials(6, seed=7),
+                      constraints=[{"metric": "energy_pj", "op": "<=", "value": 1.0}])
+    r = CliRunner().invoke(main, ["pareto", str(bad)])
+    assert r.exit_code == 2
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no feasible trial")
+    assert not (bad / "pareto.csv").exists()

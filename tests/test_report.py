@@ -1,0 +1,95 @@
+"""Report files of a Pareto analysis: content, offline HTML, importances, MLflow artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sdsnn_search.pareto import analyze_studies
+from sdsnn_search.report import REPORT_FILES, write_report
+
+from _synth_study import make_trials, write_study
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _optuna_db(folder, trials: pd.DataFrame, name: str) -> None:
+    """An Optuna storage whose trials carry the table's params and objective values."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder}/optuna.db",
+                                directions=["maximize", "minimize"])
+    dists = {"plasticity.spine_window": optuna.distributions.IntDistribution(1, 5),
+             "plasticity.shrink_factor": optuna.distributions.FloatDistribution(0.5, 0.9)}
+    for _, r in trials.iterrows():
+        study.add_trial(optuna.trial.create_trial(
+            params={k: r[f"config/{k}"] for k in dists}, distributions=dists,
+            values=[float(r["val_acc"]), float(r["energy_pj"])]))
+
+
+def test_report_files_content_and_mlflow_artifacts(tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    trials = make_trials(24, seed=11)
+    # val_acc driven by the spine window alone, so fANOVA must rank it first for that objective
+    rng = np.random.default_rng(0)
+    trials["val_acc"] = 0.6 + 0.08 * trials["config/plasticity.spine_window"] + rng.normal(0, 1e-3, len(trials))
+    trials.loc[trials["is_baseline"], "val_acc"] = 0.95
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("s1", artifact_location=str(tmp_path / "mlartifacts"))
+    parent = client.create_run(exp, run_name="s1").info.run_id
+    d = write_study(tmp_path, "s1", trials, tracking_uri=uri, parent_run_id=parent)
+    ok = trials[(trials["status"] == "completed") & ~trials["is_baseline"]]
+    _optuna_db(d, ok, "s1")
+
+    res = analyze_studies([d])["digits"]
+    [written] = write_report(res)
+    assert written.logged_to == parent and written.notes == []
+    for name in REPORT_FILES:
+        assert (d / name).is_file() and (d / name).stat().st_size > 0, name
+    assert not list(d.glob(".*.tmp*")), "temporary files left behind"
+
+    csv = pd.read_csv(d / "pareto.csv")
+    assert list(csv["trial_id"].astype(str)) == list(res.front["trial_id"])
+    assert csv["is_knee"].sum() == 1 and csv.loc[csv["is_knee"], "trial_id"].item() == res.knee_trial_id
+    assert {"acc_gain", "energy_vs_dense", "syn_prune/fc1", "config/plasticity.spine_window"} <= set(csv.columns)
+    summary = json.loads((d / "pareto.json").read_text())
+    assert summary["hypervolume"] == pytest.approx(res.hypervolume)
+
+    html = (d / "pareto_front.html").read_text()
+    assert "<script src=\"https://" not in html and "Plotly.newPlot" in html and len(html) > 1_000_000
+    assert res.knee_trial_id in html
+
+    import matplotlib.image as mpimg
+    for png in ("pareto_front.png", "hypervolume.png", "pruning_profiles.png"):
+        img = mpimg.imread(d / png)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.std() > 0.01  # a real, non-blank picture
+
+    hist = pd.read_csv(d / "hypervolume.csv")
+    assert len(hist) == len(trials) and hist["hypervolume"].is_monotonic_increasing
+    assert hist["hypervolume"].iloc[-1] == pytest.approx(res.hypervolume)
+
+    md = (d / "report.md").read_text()
+    assert f"Trial `{res.knee_trial_id}`" in md and "Dense baseline" in md and "fANOVA" in md
+    imp_section = md.split("## Settings that mattered")[1]
+    first_param_row = [l for l in imp_section.splitlines() if l.startswith("| plasticity.")][0]
+    assert first_param_row.startswith("| plasticity.spine_window |")
+
+    arts = {os.path.basename(a.path) for a in client.list_artifacts(parent, "pareto")}
+    assert set(REPORT_FILES) <= arts
+    mlflow.set_tracking_uri(None)
+
+
+def test_report_without_mlflow_or_optuna_says_so(tmp_path):
+    d = write_study(tmp_path, "plain", make_trials(10, seed=12))
+    res = analyze_studies([d])["digits"]
+    [written] = write_report(res)
+    assert written.logged_to is None and "not logged" in written.notes[0]
+    assert "no optuna.db" in (d / "report.md").read_text()
