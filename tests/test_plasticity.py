@@ -1,0 +1,440 @@
+"""SD-SNN structural development (sdsnn/plasticity): rules on hand-made values and invariants.
+
+All networks here are a few hand-built nn.Linear / nn.Conv2d layers wrapped in LayerInfo.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sdsnn.config import PlasticityConfig
+from sdsnn.errors import ConfigError
+from sdsnn.plasticity import (
+    StructuralDevelopment,
+    percentile,
+    regrow_percentile,
+    reset_optimizer_state,
+    select_pruned,
+    spine_size,
+    surviving_neurons,
+    trophic_alpha,
+    update_regrowth,
+)
+from sdsnn.structure import LayerInfo, expand_group_mask
+
+
+def _conv_net(seed: int = 0):
+    """conv(2->6, 3x3, no bias) + BN -> FC(6*4*4 -> 10) -> FC out(10 -> 3); input [B, 2, 6, 6]."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(2, 6, 3, bias=False)
+    bn = nn.BatchNorm2d(6)
+    fc = nn.Linear(6 * 4 * 4, 10)
+    out = nn.Linear(10, 3)
+    layers = [
+        LayerInfo("conv1", conv, "conv", bn, spiking_input=False),
+        LayerInfo("fc1", fc, "fc"),
+        LayerInfo("out", out, "fc", is_output=True),
+    ]
+    mods = nn.ModuleList([conv, bn, fc, out])
+
+    def forward(x):
+        h = torch.tanh(bn(conv(x))).flatten(1)
+        return out(torch.tanh(fc(h)))
+
+    return layers, mods, forward
+
+
+def _train_steps(sd, mods, forward, opt, steps, gen):
+    for _ in range(steps):
+        x = torch.randn(8, 2, 6, 6, generator=gen)
+        y = forward(x)
+        loss = ((y - torch.tensor([1.0, -1.0, 0.5])) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        sd.after_backward()
+        opt.step()
+        sd.after_optimizer_step(opt)
+
+
+def _live_count(layer: LayerInfo, mask) -> int:
+    return int(expand_group_mask(mask.group, layer.weight).sum())
+
+
+def test_dense_mode_is_refused():
+    layers, _, _ = _conv_net()
+    with pytest.raises(ConfigError, match="dense"):
+        StructuralDevelopment(layers, PlasticityConfig(mode="dense"), 3)
+
+
+def test_masked_weights_stay_exactly_zero_under_adamw_with_weight_decay():
+    layers, mods, forward = _conv_net()
+    # N = 1: pruning from step 3; no regrowth in this test so live weights stay nonzero
+    cfg = PlasticityConfig(spine_window=1, rho_init_conv=50, rho_init_fc=30, regrow_window=1000)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=3)
+    opt = torch.optim.AdamW(mods.parameters(), lr=1e-2, weight_decay=0.5)
+    gen = torch.Generator().manual_seed(1)
+    total_pruned = 0
+    for _ in range(7):
+        _train_steps(sd, mods, forward, opt, 5, gen)
+        total_pruned += sd.develop(opt)["pruned"]
+    # 50 % of 6 channels, >= 30 % of 10 units
+    assert total_pruned >= 3 + 3
+    _train_steps(sd, mods, forward, opt, 30, gen)  # many steps after the last pruning
+    masks = sd.masks()
+    for li in layers:
+        m = masks[li.name]
+        w = li.weight.detach()
+        live = expand_group_mask(m.group, w)
+        assert int(torch.count_nonzero(w)) == _live_count(li, m)
+        assert torch.all(w[~live] == 0)
+        st = opt.state[li.weight]
+        assert torch.all(st["exp_avg"][~live] == 0) and torch.all(st["exp_avg_sq"][~live] == 0)
+        dead = ~m.neuron
+        if li.module.bias is not None:
+            assert torch.all(li.module.bias.detach()[dead] == 0)
+        if li.norm is not None:
+            assert torch.all(li.norm.weight.detach()[dead] == 0)
+            assert torch.all(li.norm.bias.detach()[dead] == 0)
+    assert (~masks["conv1"].neuron).sum() == 3  # K = floor(6 * rho / 100) with rho just above 50
+    assert masks["out"].group.all() and masks["out"].neuron.all()  # output layer untouched
+    st = sd.stats()
+    live_w = sum(_live_count(li, masks[li.name]) for li in layers[:2])
+    all_w = sum(li.weight.numel() for li in layers[:2])
+    assert st["syn_prune_rate"] == pytest.approx(1 - live_w / all_w)
+    assert st["neuron_prune/conv1"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_pruned_neuron_outputs_exactly_zero(train_mode):
+    layers, mods, forward = _conv_net(seed=3)
+    cfg = PlasticityConfig(spine_window=1, rho_init_conv=50, rho_init_fc=40, regrow_window=1000)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=3)
+    opt = torch.optim.AdamW(mods.parameters(), lr=1e-2, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(4):  # steps 0..3; pruning at step 3
+        _train_steps(sd, mods, forward, opt, 3, gen)
+        sd.develop(opt)
+    m = sd.masks()
+    dead_c = ~m["conv1"].neuron
+    dead_f = ~m["fc1"].neuron
+    assert dead_c.sum() == 3 and dead_f.sum() == 4
+    conv, bn, fc = layers[0].module, layers[0].norm, layers[1].module
+    assert torch.all(bn.running_mean[dead_c] != 0)  # stale statistics must not leak through
+    mods.train(train_mode)
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(16, 2, 6, 6, generator=gen) * 5 + 2
+            pre_c = bn(conv(x))
+            assert torch.all(pre_c[:, dead_c] == 0)
+            assert torch.any(pre_c[:, ~dead_c] != 0)
+            h = torch.randn(16, 96, generator=gen) * 3
+            pre_f = fc(h)
+            assert torch.all(pre_f[:, dead_f] == 0)
+
+
+def test_spine_rules_on_hand_made_trajectory():
+    """One FC layer with 3 weights, N = 2, shrink 0.75. Values worked out by hand:
+
+    step 0: w = [0.5, -0.2, 0.1] -> r_hi = 0.5, r_lo = -0.5 for all; above_prev = [T, F, F]
+    step 1: w = [0.7, -0.6, 0.08]: w0 above now and before -> c_hi0 = 1, x_hi0 = 0.2.
+            w1 below now only (below_prev F) -> c_lo1 = 0. No shrink (history of 1).
+            s = 1 <= N: no clamp.
+    step 2: w = [0.9, -0.7, 0.05]: c_hi0 = 2 >= N -> r_hi0 = 0.5 + 0.6 / 2 = 0.8, reset.
+            w1 below now and before -> c_lo1 = 1, x_lo1 = 0.2.
+            |w2|: 0.05 < 0.08 < 0.1 -> c_shrink2 = 1. No clamp (s = 2 = N).
+    step 3: w = [0.85, -0.8, 0.04]: 0.85 >= 0.8 and before -> c_hi0 = 1, x_hi0 = 0.05.
+            c_lo1 = 2, x_lo1 = 0.2 + 0.3 = 0.5 -> r_lo1 = -0.5 - 0.25 = -0.75, reset.
+            0.04 < 0.05 < 0.08 -> c_shrink2 = 2 -> r2 = [-0.375, 0.375], reset.
+            s = 3 > N: clamp -> w = [0.8, -0.75, 0.04].
+    step 4: w = [0.82, -0.74, 0.5]: c_hi0 = 2, x_hi0 = 0.07 -> r_hi0 = 0.835, reset.
+            -0.74 > r_lo1 = -0.75 -> c_lo1 = 0. w2 above r_hi2 now, not before -> c_hi2 = 0.
+            |w1| 0.74 < 0.75 (previous, clamped) but 0.75 > 0.7 (step 2) -> no shrink.
+            clamp -> w = [0.82, -0.74, 0.375].
+    """
+    fc = nn.Linear(3, 1, bias=False)
+    layers = [LayerInfo("fc", fc, "fc")]
+    cfg = PlasticityConfig(spine_window=2, shrink_factor=0.75)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=1)
+    sp = lambda k: sd._layers[0].spine[k].reshape(-1).tolist()  # noqa: E731
+    approx = lambda v: pytest.approx(v, abs=1e-6)  # noqa: E731
+
+    def at(values):
+        with torch.no_grad():
+            fc.weight.copy_(torch.tensor([values]))
+        sd.develop(None)
+        return fc.weight.detach().reshape(-1).tolist()
+
+    assert at([0.5, -0.2, 0.1]) == approx([0.5, -0.2, 0.1])
+    assert sp("r_hi") == approx([0.5] * 3) and sp("r_lo") == approx([-0.5] * 3)
+
+    assert at([0.7, -0.6, 0.08]) == approx([0.7, -0.6, 0.08])  # no clamp yet
+    assert sp("c_hi") == [1, 0, 0] and sp("x_hi") == approx([0.2, 0, 0])
+    assert sp("c_lo") == [0, 0, 0] and sp("c_shrink") == [0, 0, 0]
+    assert sp("r_hi") == approx([0.5] * 3)
+
+    assert at([0.9, -0.7, 0.05]) == approx([0.9, -0.7, 0.05])  # s = N: still no clamp
+    assert sp("r_hi") == approx([0.8, 0.5, 0.5])
+    assert sp("c_hi") == [0, 0, 0] and sp("x_hi") == approx([0, 0, 0])
+    assert sp("c_lo") == [0, 1, 0] and sp("x_lo") == approx([0, 0.2, 0])
+    assert sp("c_shrink") == [0, 0, 1]
+
+    assert at([0.85, -0.8, 0.04]) == approx([0.8, -0.75, 0.04])  # constraint from step N + 1
+    assert sp("r_hi") == approx([0.8, 0.5, 0.375])
+    assert sp("r_lo") == approx([-0.5, -0.75, -0.375])
+    assert sp("c_hi") == [1, 0, 0] and sp("x_hi") == approx([0.05, 0, 0])
+    assert sp("c_lo") == [0, 0, 0] and sp("x_lo") == approx([0, 0, 0])
+    assert sp("c_shrink") == [0, 0, 0]
+
+    assert at([0.82, -0.74, 0.5]) == approx([0.82, -0.74, 0.375])
+    assert sp("r_hi") == approx([0.835, 0.5, 0.375])
+    assert sp("r_lo") == approx([-0.5, -0.75, -0.375])
+    assert sp("c_hi") == [0, 0, 0] and sp("c_lo") == [0, 0, 0] and sp("c_shrink") == [0, 0, 0]
+    assert sd.stats()["syn_prune_rate"] == 0.0  # a single neuron and s <= 2N: nothing pruned
+
+
+def test_constrain_always_clamps_after_every_optimizer_step_from_step_n_plus_1():
+    fc = nn.Linear(2, 2, bias=False)
+    sd = StructuralDevelopment([LayerInfo("fc", fc, "fc")], PlasticityConfig(spine_window=1, constrain="always"), 2)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[0.5, -0.25], [0.1, 0.2]]))
+    sd.develop(None)  # s = 0: ranges +-0.5
+    with torch.no_grad():
+        fc.weight.fill_(0.3)  # inside the range: no growth, no shrink
+    sd.develop(None)  # s = 1 = N: constraint not yet active
+    with torch.no_grad():
+        fc.weight.fill_(2.0)
+    sd.after_optimizer_step(None)
+    assert torch.all(fc.weight == 2.0)
+    with torch.no_grad():
+        fc.weight.fill_(0.3)
+    sd.develop(None)  # s = 2 > N: from now on every optimizer step clamps
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[2.0, -3.0], [0.125, -0.6]]))
+    sd.after_optimizer_step(None)
+    assert fc.weight.tolist() == [[0.5, -0.5], [0.125, -0.5]]
+
+
+def test_regeneration_only_revives_masked_groups_with_zero_weight_and_state():
+    """FC(4 -> 5) hidden layer, N = 1 (regrow_window 1): pruning from step 3, regrowth needs a group
+    to be a candidate at 3 consecutive steps (c_grow 0, 1, 2 > 1)."""
+    torch.manual_seed(0)
+    fc = nn.Linear(4, 5)
+    out = nn.Linear(5, 2)
+    layers = [LayerInfo("fc", fc, "fc"), LayerInfo("out", out, "fc", is_output=True)]
+    cfg = PlasticityConfig(spine_window=1, rho_init_fc=40)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=2)
+    opt = torch.optim.AdamW(list(fc.parameters()), lr=1e-2, weight_decay=0.1)
+
+    def set_rows(v01, v_rest):
+        with torch.no_grad():
+            fc.weight[:2] = v01
+            fc.weight[2:] = v_rest
+
+    # rows 0, 1 decay twice in a row -> their spines shrink at step 2 -> lowest scores at step 3
+    for s, v in enumerate([0.5, 0.4, 0.3]):
+        set_rows(v, 0.5)
+        sd.develop(opt)
+    set_rows(0.3, 0.5)
+    r = sd.develop(opt)  # s = 3: K = floor(5 * 40 / 100) = 2
+    assert r["pruned"] == 2 and r["regrown"] == 0
+    m = sd.masks()["fc"]
+    assert m.neuron.tolist() == [False, False, True, True, True]
+
+    # gradient signal: live groups 1, masked group (0, 2) 10, other masked groups 0.
+    g = torch.ones(5, 4)
+    g[:2] = 0
+    g[0, 2] = 10.0
+    history = []
+    for s in (4, 5, 6):
+        before = sd.masks()["fc"]
+        opt.zero_grad()
+        fc.weight.grad = g.clone()
+        fc.bias.grad = torch.ones(5)
+        sd.after_backward()
+        assert torch.all(fc.weight.grad[~before.group] == 0)  # masked entries never move
+        assert torch.all(fc.bias.grad[~before.neuron] == 0)
+        opt.step()
+        sd.after_optimizer_step(opt)
+        r = sd.develop(opt)
+        history.append(r["regrown"])
+        after = sd.masks()["fc"]
+        # only previously masked groups can become live, and only the one with a strong signal
+        newly_live = after.group & ~before.group
+        assert int(newly_live.sum()) == r["regrown"]
+        if r["regrown"]:
+            assert newly_live.nonzero().tolist() == [[0, 2]]
+        if s < 6:
+            assert r["regrown"] == 0
+    assert history == [0, 0, 1]  # candidate at 4 (c=0), 5 (c=1), 6 (c=2 > 1): regrown at 6
+    assert r["revived"] == 1
+    after = sd.masks()["fc"]
+    assert bool(after.group[0, 2]) and int(after.group[0].sum()) == 1
+    assert bool(after.neuron[0])  # the pruned neuron came back to life
+    assert fc.weight[0, 2].item() == 0.0  # starts at exactly 0
+    assert fc.bias[0].item() == 0.0
+    st = opt.state[fc.weight]
+    assert st["exp_avg"][0, 2].item() == 0.0 and st["exp_avg_sq"][0, 2].item() == 0.0
+    assert opt.state[fc.bias]["exp_avg"][0].item() == 0.0
+    # the revived neuron is not re-pruned in the step that revived it; K stays 2, so another goes
+    assert int((~after.neuron).sum()) == 2
+
+
+def test_update_regrowth_counter_rules():
+    group = torch.tensor([[True, False, False, False]])
+    g = torch.tensor([[5.0, 4.0, 0.0, 3.0]])
+    c = torch.tensor([[0, 0, 0, 1]], dtype=torch.int32)
+    prev = torch.tensor([[False, True, True, False]])
+    # 25th percentile of [0, 3, 4, 5] = 0 + 0.75 * 3 = 2.25: candidates: masked and g > 2.25 -> cols 1, 3
+    regrow, c2, cand = update_regrowth(g, group, c, prev, 25.0, regrow_window=0)
+    assert cand.tolist() == [[False, True, False, True]]
+    # col 1: candidate now and before -> c = 1 > 0 -> regrow and reset; col 3: not before -> reset to 0
+    assert c2.tolist() == [[0, 0, 0, 0]]
+    assert regrow.tolist() == [[False, True, False, False]]
+
+
+def test_percentile_matches_torch_quantile():
+    x = torch.randn(7, 13, generator=torch.Generator().manual_seed(0))
+    for p in (0, 12.5, 60, 61.1, 99, 100):
+        assert percentile(x, p).item() == pytest.approx(torch.quantile(x.flatten(), p / 100).item(), abs=1e-5)
+
+
+def test_schedules_match_formulas():
+    n = 3  # 2N + 1 = 7
+    assert regrow_percentile(7, n, 60, 1.1, 99) == pytest.approx(61.0)
+    assert regrow_percentile(9, n, 65, 1.1, 99) == pytest.approx(65 + 1.21)
+    assert regrow_percentile(7 + 40, n, 60, 1.1, 99) == 99.0  # 60 + 1.1**40 = 105.3 -> capped
+    assert regrow_percentile(10**6, n, 60, 1.1, 99) == 99.0  # no overflow
+    assert trophic_alpha(7, n, 1.0, 5.0, 0.0) == pytest.approx(1.0)
+    assert trophic_alpha(12, n, 1.0, 5.0, 0.0) == pytest.approx(math.exp(-1))
+    assert trophic_alpha(8, n, 0.5, 1.0, 0.0005) == pytest.approx(0.5 * math.exp(-1))
+    assert trophic_alpha(30, n, 0.5, 1.0, 0.0005) == 0.0005  # floor
+
+
+def test_trophic_update_uses_surviving_over_next_layer():
+    """fc1 (4 -> 10) -> fc2 (10 -> 6) -> out (6 -> 3), N = 1, rho 20 %: at step 3 K1 = 2, K2 = 1, so
+    S1 = 8, S2 = 5, S_next(fc2) = 3 outputs; alpha(3) = 0.5:
+    rho1 = 20 + 0.5 * 8 / 5 = 20.8, rho2 = 20 + 0.5 * 5 / 3."""
+    torch.manual_seed(0)
+    f1, f2, out = nn.Linear(4, 10), nn.Linear(10, 6), nn.Linear(6, 3)
+    layers = [LayerInfo("fc1", f1, "fc"), LayerInfo("fc2", f2, "fc"), LayerInfo("out", out, "fc", is_output=True)]
+    sd = StructuralDevelopment(layers, PlasticityConfig(spine_window=1, rho_init_fc=20), num_outputs=3)
+    for _ in range(3):
+        sd.develop(None)
+    assert sd.rho() == {"fc1": 20.0, "fc2": 20.0}  # no trophic update before step 2N + 1
+    r = sd.develop(None)
+    assert r["pruned"] == 3
+    assert sd.rho()["fc1"] == pytest.approx(20.8)
+    assert sd.rho()["fc2"] == pytest.approx(20 + 0.5 * 5 / 3)
+    st = sd.stats()
+    assert st["rho/fc1"] == pytest.approx(20.8) and st["neuron_prune_rate"] == pytest.approx(3 / 16)
+    sd.develop(None)  # s = 4: alpha = 0.5 / e, K1 = floor(10 * 0.208) = 2 again
+    assert sd.rho()["fc1"] == pytest.approx(20.8 + 0.5 * math.exp(-1) * 8 / 5)
+
+
+def test_surviving_neurons_counts_live_weight_fraction():
+    # conv layer, in = 4, k = 3x3: fan_in = 36 weights; min_live_fraction 0.25 -> >= 9 live weights (1 kernel)
+    group = torch.tensor([[True, True, False, False], [True, False, False, False], [False] * 4, [True] * 4])
+    neuron = torch.tensor([True, True, False, True])
+    assert surviving_neurons(group, neuron, 9, 0.25) == 3
+    assert surviving_neurons(group, neuron, 9, 0.5) == 2  # >= 18 weights: rows 0 and 3
+    assert surviving_neurons(group, neuron, 9, 0.0) == 3  # a pruned neuron never survives
+
+
+def test_rho_never_exceeds_cap():
+    torch.manual_seed(0)
+    f1, f2, out = nn.Linear(5, 20), nn.Linear(20, 7), nn.Linear(7, 2)
+    layers = [LayerInfo("fc1", f1, "fc"), LayerInfo("fc2", f2, "fc"), LayerInfo("out", out, "fc", is_output=True)]
+    cfg = PlasticityConfig(spine_window=1, rho_init_fc=25, rho_max=60, trophic_a_fc=50, trophic_floor_fc=5)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=2)
+    reached = False
+    for _ in range(30):
+        sd.develop(None)
+        for name, rho in sd.rho().items():
+            assert rho <= 60.0
+            c = 20 if name == "fc1" else 7
+            assert int((~sd.masks()[name].neuron).sum()) <= math.floor(c * 60 / 100)
+        reached = reached or all(v == 60.0 for v in sd.rho().values())
+    assert reached
+    assert int((~sd.masks()["fc1"].neuron).sum()) == 12 and int((~sd.masks()["fc2"].neuron).sum()) == 4
+
+
+def test_select_pruned_counts_pruned_neurons_first_and_respects_protection():
+    scores = torch.tensor([0.0, 3.0, 0.0, 1.0, 5.0])
+    alive = torch.tensor([True, True, False, True, True])
+    # K = 2: the pruned neuron 2 is ranked first even though neuron 0 ties at 0 -> only neuron 0 is new
+    assert select_pruned(scores, alive, 2).tolist() == [True, False, False, False, False]
+    # protecting neuron 0: next lowest alive is neuron 3
+    prot = torch.tensor([True, False, False, False, False])
+    assert select_pruned(scores, alive, 2, protect=prot).tolist() == [False, False, False, True, False]
+
+
+def test_spine_size_normalisation():
+    r_hi = torch.tensor([[1.0, 2.0], [3.0, 9.0]])
+    r_lo = -torch.tensor([[1.0, 1.0], [1.0, 9.0]])
+    live = torch.tensor([[True, True], [True, False]])
+    # z = [2, 3, 4, (18 masked)] -> live min 2, max 4 -> [0, 0.5, 1, 0]
+    assert spine_size(r_hi, r_lo, live).tolist() == [[0.0, 0.5], [1.0, 0.0]]
+    # all live equal -> 0.5
+    assert spine_size(torch.ones(2, 2), -torch.ones(2, 2), live).tolist() == [[0.5, 0.5], [0.5, 0.0]]
+
+
+def test_reset_optimizer_state_zeroes_selected_entries():
+    p = nn.Parameter(torch.ones(2, 3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones(2, 3)
+    opt.step()
+    where = torch.tensor([[True, False, True], [False, False, False]])
+    reset_optimizer_state(opt, p, where)
+    st = opt.state[p]
+    assert torch.all(st["exp_avg"][where] == 0) and torch.all(st["exp_avg"][~where] != 0)
+    assert torch.all(st["exp_avg_sq"][where] == 0) and torch.all(st["exp_avg_sq"][~where] != 0)
+    q = nn.Parameter(torch.ones(2))
+    reset_optimizer_state(opt, q, torch.tensor([True, False]))  # no state yet: nothing to do
+
+
+def test_state_dict_round_trip_reproduces_development():
+    def make():
+        layers, mods, forward = _conv_net(seed=5)
+        cfg = PlasticityConfig(spine_window=1, rho_init_conv=30, rho_init_fc=20)
+        sd = StructuralDevelopment(layers, cfg, num_outputs=3)
+        opt = torch.optim.AdamW(mods.parameters(), lr=1e-2, weight_decay=0.05)
+        return layers, mods, forward, sd, opt
+
+    layers, mods, forward, sd, opt = make()
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(4):
+        _train_steps(sd, mods, forward, opt, 3, gen)
+        sd.develop(opt)
+    _train_steps(sd, mods, forward, opt, 2, gen)  # mid-interval: regrowth signal pending
+    buf = io.BytesIO()
+    torch.save({"dev": sd.state_dict(), "model": mods.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    gen_state = gen.get_state()
+
+    layers2, mods2, forward2, sd2, opt2 = make()
+    mods2.load_state_dict(ck["model"])
+    opt2.load_state_dict(ck["opt"])
+    sd2.load_state_dict(ck["dev"])
+    gen2 = torch.Generator()
+    gen2.set_state(gen_state)
+
+    for _ in range(4):
+        _train_steps(sd, mods, forward, opt, 3, gen)
+        r1 = sd.develop(opt)
+        _train_steps(sd2, mods2, forward2, opt2, 3, gen2)
+        r2 = sd2.develop(opt2)
+        assert r1 == r2
+    assert sd.stats() == sd2.stats()
+    for a, b in zip(mods.parameters(), mods2.parameters()):
+        assert torch.equal(a, b)
+    s1, s2 = sd.state_dict(), sd2.state_dict()
+    for name in s1["layers"]:
+        for k, v in s1["layers"][name].items():
+            v2 = s2["layers"][name][k]
+            assert torch.equal(v, v2) if torch.is_tensor(v) else v == v2, (name, k)
