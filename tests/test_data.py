@@ -1,0 +1,327 @@
+"""The offline data layer (issue 2): registry, loaders, encodings, splits, frame cache, CLI.
+
+Tests that need the real datasets look for them in $SDSNN_DATA_ROOT, else in ../shared/datasets
+and the project's cache/data (where .ci/run builds CIFAR-10); they are skipped, with the reason,
+only when the files are truly absent. Event frames are cached in a temporary SDSNN_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sdsnn.config import DataConfig
+from sdsnn.data import DATASETS, build_loaders, data_roots, get_dataset, register_dataset
+from sdsnn.data.images import ImageDataset
+from sdsnn.data.loaders import random_crop_flip, split_train_val
+from sdsnn.errors import ConfigError, DatasetUnavailable
+from sdsnn_search.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_roots() -> list[Path]:
+    env = os.environ.get("SDSNN_DATA_ROOT", "").strip()
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    return [p for p in (REPO.parent / "shared" / "datasets", REPO / "cache" / "data") if p.is_dir()]
+
+
+SHARED = os.pathsep.join(str(p) for p in _shared_roots())
+
+
+def _root_for(name: str) -> str:
+    roots = _shared_roots()
+    if get_dataset(name).find([r.absolute() for r in roots]) is None:
+        pytest.skip(f"{name} files not found in data roots {SHARED or '(none)'}: set SDSNN_DATA_ROOT to a folder that has them")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def data_cache_dir(tmp_path_factory, monkeypatch):
+    """Frame caches go to a per-module temporary folder, never into the user's cache."""
+    d = tmp_path_factory.getbasetemp() / "sdsnn-cache"
+    monkeypatch.setenv("SDSNN_CACHE_DIR", str(d))
+    return d
+
+
+def _batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+
+
+# ----------------------------------------------------------------------------- digits
+def test_digits_shapes_static_input_and_sizes():
+    b = build_loaders(DataConfig(dataset="digits", time_steps=3, batch_size=50), seed=0)
+    assert b.num_classes == 10 and b.input_shape == (1, 8, 8) and b.static_input
+    assert b.sizes["train"] + b.sizes["val"] + b.sizes["test"] == 1797
+    assert b.sizes["test"] == 360
+    x, y = next(iter(b.train))
+    assert x.shape == (3, 50, 1, 8, 8) and x.dtype == torch.float32
+    assert y.shape == (50,) and y.dtype == torch.int64
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.max()) == 1.0
+    assert all(torch.equal(x[0], x[t]) for t in range(3))
+    assert x.stride(0) == 0  # direct encoding is an expanded view, not T copies
+    for loader in (b.train, b.val, b.test):
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        assert sum(len(yb) for _, yb in batches) == loader.num_samples
+        assert all(int(yb.min()) >= 0 and int(yb.max()) < 10 for _, yb in batches)
+
+
+def test_validation_split_disjoint_deterministic_and_test_separate():
+    tr, va = split_train_val(1000, 0.2, seed=3)
+    assert len(va) == 200 and len(tr) == 800
+    assert not set(tr) & set(va) and set(tr) | set(va) == set(range(1000))
+    tr2, va2 = split_train_val(1000, 0.2, seed=3)
+    assert np.array_equal(va, va2) and np.array_equal(tr, tr2)
+    assert not np.array_equal(va, split_train_val(1000, 0.2, seed=4)[1])
+
+    cfg = DataConfig(dataset="digits", val_fraction=0.25)
+    b1, b2 = build_loaders(cfg, seed=7), build_loaders(cfg, seed=7)
+    assert torch.equal(b1.val.x, b2.val.x) and torch.equal(b1.val.y, b2.val.y)
+    assert b1.sizes["val"] == round(0.25 * (1797 - 360))
+    # validation rows come out of the training set, the test set is the fixed held-out part
+    b0 = build_loaders(DataConfig(dataset="digits", val_fraction=0.25), seed=8)
+    assert not torch.equal(b0.val.x, b1.val.x)
+    assert torch.equal(b0.test.x, b1.test.x)
+    flat = lambda t: {bytes(r) for r in t.reshape(len(t), -1).numpy()}  # noqa: E731
+    assert flat(b1.train.x) | flat(b1.val.x) == flat(b0.train.x) | flat(b0.val.x)
+
+
+def test_set_epoch_is_deterministic_and_eval_order_fixed():
+    cfg = DataConfig(dataset="digits", batch_size=64, encoding="poisson", time_steps=2)
+    b1, b2 = build_loaders(cfg, seed=1), build_loaders(cfg, seed=1)
+    b1.train.set_epoch(3)
+    b2.train.set_epoch(3)
+    e3 = _batches(b1.train)
+    assert _same(e3, _batches(b2.train))  # a resumed run sees the same batches
+    assert _same(e3, _batches(b1.train))  # iterating again repeats the epoch
+    b1.train.set_epoch(4)
+    assert not torch.equal(e3[0][1], next(iter(b1.train))[1])  # another epoch, another order
+    b3 = build_loaders(cfg, seed=2)
+    b3.train.set_epoch(3)
+    assert not torch.equal(e3[0][1], next(iter(b3.train))[1])
+    # val/test: fixed order and the same Poisson spikes at every evaluation
+    v1 = _batches(b1.val)
+    b1.train.set_epoch(9)
+    assert _same(v1, _batches(b1.val))
+    assert torch.equal(torch.cat([y for _, y in v1]), b1.val.y)
+
+
+def test_poisson_is_binary_with_rate_equal_to_intensity():
+    T = 400
+    direct = build_loaders(DataConfig(dataset="digits", eval_batch_size=100), seed=0)
+    poisson = build_loaders(DataConfig(dataset="digits", eval_batch_size=100, encoding="poisson", time_steps=T), seed=0)
+    assert not poisson.static_input
+    xd, _ = next(iter(direct.test))
+    xp, _ = next(iter(poisson.test))
+    assert xp.shape == (T, 100, 1, 8, 8)
+    assert set(torch.unique(xp).tolist()) <= {0.0, 1.0}
+    rate = xp.mean(0)
+    assert float((rate - xd[0]).abs().max()) < 0.12  # 5 sigma of a Bernoulli mean over 400 steps
+    assert float((rate - xd[0]).abs().mean()) < 0.02
+    assert float(rate[xd[0] == 0].max()) == 0.0  # black pixels never fire
+
+
+def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    out = random_crop_flip(x, g, pad=2)
+    assert out.shape == x.shape
+    xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        windows = [xp[i, :, r : r + 8, c : c + 8] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    again = random_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert torch.equal(out, again)
+
+
+def test_unknown_dataset_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'.*digits"):
+        build_loaders(DataConfig(dataset="nope"), seed=0)
+
+
+def test_adding_a_dataset_is_one_registered_class(tmp_path):
+    @register_dataset("tiny_bars")
+    class TinyBars(ImageDataset):
+        folder = "TinyBars"
+        files = ("bars.npy",)
+        num_classes = 2
+        input_shape = (1, 4, 4)
+
+        def read(self, folder, split):
+            n = 20 if split == "train" else 6
+            y = np.arange(n) % 2
+            x = np.zeros((n, 1, 4, 4), np.uint8)
+            x[y == 0, :, :, 1] = 255  # vertical bar
+            x[y == 1, :, 1, :] = 255  # horizontal bar
+            return x, y
+
+    try:
+        (tmp_path / "TinyBars").mkdir()
+        (tmp_path / "TinyBars" / "bars.npy").write_bytes(b"")
+        b = build_loaders(DataConfig(dataset="tiny_bars", data_root=str(tmp_path), batch_size=4, time_steps=2), seed=0)
+        x, y = next(iter(b.train))
+        assert x.shape == (2, 4, 1, 4, 4) and b.num_classes == 2 and b.sizes == {"train": 18, "val": 2, "test": 6}
+    finally:
+        DATASETS.pop("tiny_bars", None)
+
+
+# ----------------------------------------------------------------------------- roots and missing data
+def test_data_root_precedence_and_search_path(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setenv("SDSNN_DATA_ROOT", f"{a}{os.pathsep}{b}")
+    assert data_roots() == [a, b]
+    assert data_roots(str(tmp_path)) == [tmp_path]  # --data-root wins
+    monkeypatch.delenv("SDSNN_DATA_ROOT")
+    assert data_roots() == [Path("~/.cache/sdsnn/data").expanduser().absolute()]
+    # a dataset is read from the first root that has it
+    raw = b / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in get_dataset("mnist").files:
+        (raw / name).write_bytes(b"")
+    assert get_dataset("mnist").find(data_roots(f"{a}{os.pathsep}{b}")) == b
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "nmnist", "dvsgesture"])
+def test_missing_dataset_fails_fast_with_one_line(tmp_path, name):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    t0 = time.perf_counter()
+    with pytest.raises(DatasetUnavailable) as err:
+        build_loaders(DataConfig(dataset=name, data_root=str(empty)), seed=0)
+    assert time.perf_counter() - t0 < 5  # generous bound; the figure is in the README
+    msg = str(err.value)
+    assert "\n" not in msg and name in msg and str(empty) in msg and "data fetch" in msg
+    assert list(empty.iterdir()) == []  # nothing created in the data root
+
+
+def test_cli_fetch_without_network_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    empty = tmp_path / "root"
+    empty.mkdir()
+    res = CliRunner().invoke(cli_main, ["data", "fetch", "mnist", "--data-root", str(empty)])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output
+    for f in get_dataset("mnist").files:
+        assert f in lines[0]
+    assert str(empty / "MNIST" / "raw") in lines[0]
+    assert list(empty.iterdir()) == []
+
+
+def test_cli_check_reports_states_and_counts():
+    if not SHARED:
+        pytest.skip("no shared data root found (set SDSNN_DATA_ROOT)")
+    res = CliRunner().invoke(cli_main, ["data", "check", "--data-root", SHARED])
+    assert res.exit_code == 0, res.output
+    rows = {ln.split()[0]: ln for ln in res.output.splitlines()[2:]}
+    assert set(rows) == set(DATASETS)
+    assert "1,797" in rows["digits"]
+    roots = [Path(p).absolute() for p in SHARED.split(os.pathsep)]
+    for name, want in {"mnist": "60,000 / 10,000", "cifar10": "50,000 / 10,000", "nmnist": "1,000 / 100"}.items():
+        if get_dataset(name).find(roots) is not None:
+            assert want in rows[name] and ("partial" in rows[name]) == (name == "nmnist")
+    assert "absent" in rows["dvsgesture"]
+
+
+# ----------------------------------------------------------------------------- real image data
+def test_mnist_batches():
+    root = _root_for("mnist")
+    b = build_loaders(DataConfig(dataset="mnist", data_root=root, time_steps=2, batch_size=32, train_limit=2000, test_limit=500), seed=0)
+    assert b.sizes == {"train": 1800, "val": 200, "test": 500} and b.input_shape == (1, 28, 28)
+    x, y = next(iter(b.train))
+    assert x.shape == (2, 32, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert set(torch.cat([yb for _, yb in b.test]).tolist()) == set(range(10))
+
+
+def test_cifar10_batches_normalised_and_augmented():
+    root = _root_for("cifar10")
+    cfg = DataConfig(dataset="cifar10", data_root=root, time_steps=2, batch_size=16, train_limit=600, test_limit=100)
+    b = build_loaders(cfg, seed=0)
+    assert b.input_shape == (3, 32, 32) and b.num_classes == 10 and b.sizes["test"] == 100
+    x, y = next(iter(b.test))
+    assert x.shape == (2, 100, 3, 32, 32) and int(y.max()) < 10
+    assert abs(float(x.mean())) < 0.5 and float(x.min()) < -1.0  # mean/std normalised
+    ba = build_loaders(cfg.model_copy(update={"augment": True}), seed=0)
+    bb = build_loaders(cfg.model_copy(update={"augment": True}), seed=0)
+    xa, ya = next(iter(ba.train))
+    xb, yb = next(iter(bb.train))
+    xn, yn = next(iter(b.train))
+    assert torch.equal(xa, xb) and torch.equal(ya, yn)  # augmentation depends on (seed, epoch) only
+    assert xa.shape == (2, 16, 3, 32, 32) and not torch.equal(xa, xn)
+
+
+# ----------------------------------------------------------------------------- events
+def test_nmnist_frames_and_cache_hit(data_cache_dir, monkeypatch):
+    root = _root_for("nmnist")
+    cfg = DataConfig(dataset="nmnist", data_root=root, time_steps=4, batch_size=16, train_limit=120, test_limit=40)
+    b1 = build_loaders(cfg, seed=0, progress=False)
+    assert b1.input_shape == (2, 34, 34) and not b1.static_input and b1.num_classes == 10
+    assert b1.sizes == {"train": 108, "val": 12, "test": 40}
+    x, y = next(iter(b1.train))
+    assert x.shape == (4, 16, 2, 34, 34) and x.dtype == torch.float32 and float(x.sum()) > 0
+    assert len(set(b1.train.y.tolist())) > 5  # train_limit keeps a mix of classes
+    caches = sorted((data_cache_dir / "frames").glob("nmnist-*.npz"))
+    assert len(caches) == 2  # one file per split
+    mtimes = [c.stat().st_mtime_ns for c in caches]
+
+    # second build: a cache hit, no recording is read again
+    from sdsnn.data.events import _partial_tonic_class
+
+    def boom(self, i):
+        raise AssertionError("recording converted again despite the cache")
+
+    monkeypatch.setattr(_partial_tonic_class("NMNIST", ".bin"), "__getitem__", boom)
+    b2 = build_loaders(cfg, seed=0, progress=False)
+    assert torch.equal(b1.train.x, b2.train.x) and torch.equal(b1.test.x, b2.test.x)
+    assert [c.stat().st_mtime_ns for c in caches] == mtimes
+    # anything that changes the frames changes the key
+    with pytest.raises(AssertionError, match="converted again"):
+        build_loaders(cfg.model_copy(update={"time_steps": 5}), seed=0, progress=False)
+
+
+def _write_dvs(root: Path, users: dict[str, list[int]], n: int = 400, seed: int = 0) -> None:
+    """Synthetic DVS-Gesture in tonic's layout: userNN_<lighting>/<label>.npy, (n, 4) x, y, p, t[ms]."""
+    rng = np.random.default_rng(seed)
+    for split, ids in users.items():
+        for u in ids:
+            d = root / "DVSGesture" / split / f"user{u:02d}_led"
+            d.mkdir(parents=True)
+            for label in range(11):
+                ev = np.stack([rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n),
+                               np.sort(rng.integers(0, 6000, n))], axis=1)
+                ev[0] = (127, 0, 1, 0)  # a known corner event: lands at x=res-1, y=0, p=1, first bin
+                np.save(d / f"{label}.npy", ev.astype(np.int64))
+
+
+def test_dvsgesture_synthetic_through_tonic_layout(tmp_path, data_cache_dir):
+    _write_dvs(tmp_path, {"ibmGestureTrain": [1, 2], "ibmGestureTest": [3]})
+    before = sorted(p for p in tmp_path.rglob("*"))
+    res = CliRunner().invoke(cli_main, ["data", "check", "dvsgesture", "--data-root", str(tmp_path)])
+    assert res.exit_code == 0 and "partial" in res.output and "22 / 11" in res.output
+    cfg = DataConfig(dataset="dvsgesture", data_root=str(tmp_path), time_steps=3, batch_size=8, resolution=32)
+    b = build_loaders(cfg, seed=0, progress=False)
+    assert b.num_classes == 11 and b.input_shape == (2, 32, 32) and b.sizes == {"train": 20, "val": 2, "test": 11}
+    x, y = next(iter(b.train))
+    assert x.shape == (3, 8, 2, 32, 32) and int(y.min()) >= 0 and int(y.max()) <= 10
+    xt, yt = next(iter(b.test))
+    assert torch.equal(yt, torch.arange(11))  # one recording per label, in fixed order
+    assert bool((xt[0, :, 1, 0, 31] >= 1).all())  # the corner event after 128 -> 32 downsampling
+    # events are conserved by ToFrame (up to tonic's handling of the very last timestamp)
+    assert abs(float(xt.sum()) - 11 * 400) <= 11 * 2
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written into the data root
+    assert len(list((data_cache_dir / "frames").glob("dvsgesture-*-T3-32-*.npz"))) == 2
+    # denoising removes isolated random events
+    bd = build_loaders(cfg.model_copy(update={"denoise_us": 1000.0}), seed=0, progress=False)
+    assert float(bd.test.x.float().sum()) < 0.5 * float(xt.sum())
