@@ -1,0 +1,646 @@
+"""The search runner: a validated space -> a study folder ``results/<study>/``.
+
+Ray Tune's :class:`~ray.tune.Tuner` runs the trials; Optuna proposes them through
+:class:`StudySearch` (Ray's ``OptunaSearch`` in multi-objective mode, an Optuna RDB storage in the
+study folder, constraints through the sampler's ``constraints_func``, and one dense baseline trial
+issued first). MLflow records the study from the driver (:mod:`sdsnn_search.tracking`); the trials
+table (``trials.csv`` + ``trials.parquet``) is rewritten atomically as trials end.
+
+Resume: Ray's experiment state lives in ``<study>/ray``; :func:`resume_study` restores it with
+``Tuner.restore`` (same trainable, searcher state restored), so finished trials are kept and
+interrupted ones continue from their last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+for _k, _v in (
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+    ("RAY_AUTH_MODE", "disabled"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("TUNE_PRINT_ALL_TRIAL_ERRORS", "0"),
+    ("TUNE_GLOBAL_CHECKPOINT_S", "1"),  # snapshot experiment state often: resume loses ~nothing
+    ("RAY_AIR_NEW_OUTPUT", "0"),
+    ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+):
+    os.environ.setdefault(_k, _v)
+
+import pandas as pd  # noqa: E402
+
+from sdsnn.errors import ConfigError, UserError  # noqa: E402
+
+from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
+from .trainable import BASELINE_KEY, run_trial  # noqa: E402
+
+__all__ = ["run_study", "resume_study", "StudyOutcome", "check_resources", "read_study", "STUDY_FILE"]
+
+STUDY_FILE = "study.json"
+SPEC_FILE = "spec.yaml"
+RAY_DIR = "ray"
+
+_NON_METRIC = {"trial_status", "run_dir", "hostname", "node_id", "pid", "trial_id", "date", "experiment_id",
+               "node_ip", "done", "should_checkpoint", "time_this_iter_s", "timestamp", "timesteps_total",
+               "episodes_total", "iterations_since_restore", "time_since_restore", "checkpoint_dir_name",
+               "training_iteration", "time_total_s", "config"}
+
+
+# ------------------------------------------------------------------ Optuna side
+class Constraints:
+    """``constraints_func`` for Optuna samplers: values <= 0 are feasible.
+
+    Reads the trial's user attributes, which :class:`StudySearch` sets from the final metrics
+    before telling Optuna the result.
+    """
+
+    def __init__(self, constraints: list[dict[str, Any]]) -> None:
+        self.constraints = [dict(c) for c in constraints]
+
+    def __call__(self, trial) -> list[float]:
+        out = []
+        for c in self.constraints:
+            v = trial.user_attrs.get(c["metric"])
+            if v is None or not math.isfinite(float(v)):
+                out.append(1.0)
+            elif c["op"] == ">=":
+                out.append(float(c["value"]) - float(v))
+            else:
+                out.append(float(v) - float(c["value"]))
+        return out
+
+
+def make_sampler(spec: SearchSpec):
+    """The Optuna sampler named by ``search.sampler`` (seeded, with constraints)."""
+    import optuna
+
+    s = spec.search
+    cons = Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None
+    n = s.num_samples
+    if s.sampler == "nsga2":
+        pop = s.population_size or max(4, min(50, n // 3))
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=s.seed, constraints_func=cons)
+    if s.sampler == "tpe":
+        start = s.n_startup_trials or max(3, min(10, n // 3))
+        return optuna.samplers.TPESampler(n_startup_trials=start, seed=s.seed, constraints_func=cons,
+                                          multivariate=True)
+    if s.sampler == "gp":
+        start = s.n_startup_trials or max(3, min(10, n // 3))
+        return optuna.samplers.GPSampler(n_startup_trials=start, seed=s.seed, constraints_func=cons)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def optuna_space(spec: SearchSpec) -> dict[str, Any]:
+    """Optuna distributions keyed by dotted config path."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for path, p in spec.params.items():
+        if p.type == "uniform":
+            out[path] = FloatDistribution(p.low, p.high, step=p.step)
+        elif p.type == "loguniform":
+            out[path] = FloatDistribution(p.low, p.high, log=True)
+        elif p.type == "int":
+            out[path] = IntDistribution(int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            out[path] = CategoricalDistribution(list(p.choices))
+    return out
+
+
+def _optuna_search_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearch(OptunaSearch):
+        """OptunaSearch that issues the dense baseline first and records final metrics as user attrs."""
+
+        def __init__(self, *args, baseline: bool = True, attr_metrics: tuple[str, ...] = (), **kwargs):
+            super().__init__(*args, **kwargs)
+            self._baseline_pending = baseline
+            self._baseline_trial_id: Optional[str] = None
+            self._attr_metrics = tuple(attr_metrics)
+
+        def suggest(self, trial_id: str):
+            if self._baseline_pending:
+                self._baseline_pending = False
+                self._baseline_trial_id = trial_id
+                return {BASELINE_KEY: True}
+            cfg = super().suggest(trial_id)
+            if cfg is None:
+                return None
+            try:
+                self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            except Exception:  # pragma: no cover - storage hiccup must not stop the study
+                pass
+            cfg = dict(cfg)
+            cfg[BASELINE_KEY] = False
+            return cfg
+
+        def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+            if trial_id == self._baseline_trial_id or trial_id not in self._ot_trials:
+                return
+            if result:
+                ot_trial = self._ot_trials[trial_id]
+                for k in self._attr_metrics:
+                    v = result.get(k)
+                    if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                        try:
+                            ot_trial.set_user_attr(k, float(v))
+                        except Exception:  # already finished (re-sent after a resume)
+                            break
+                values = [result.get(m) for m in self.metric]
+                bad = any(v is None or not math.isfinite(float(v)) for v in values)
+                if bad or result.get("trial_status") == "nan":
+                    result, error = None, True
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    return StudySearch
+
+
+# ------------------------------------------------------------------ trials table
+def _atomic_df(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".csv":
+        df.to_csv(tmp, index=False)
+    else:
+        pq = df.copy()
+        for c in pq.columns:
+            if pq[c].dtype == object:
+                kinds = {type(v) for v in pq[c].dropna()}
+                if len(kinds) > 1:
+                    pq[c] = pq[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+        pq.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _get_path(d: dict[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _trial_status(trial) -> str:
+    st = str(trial.status)
+    last = trial.last_result or {}
+    if st == "TERMINATED":
+        return "nan" if last.get("trial_status") == "nan" else "completed"
+    if st == "ERROR":
+        return "nan" if last.get("trial_status") == "nan" else "failed"
+    if st == "RUNNING":
+        return "running"
+    return "pending"
+
+
+def _table_callback_class():
+    from ray.tune import Callback
+
+    class TrialsTable(Callback):
+        """Keeps ``trials.csv`` / ``trials.parquet`` up to date from the driver."""
+
+        def __init__(self, study_dir: str, spec_dict: dict[str, Any], base_config: dict[str, Any], tracker=None):
+            self.study_dir = study_dir
+            self.spec_dict = spec_dict
+            from sdsnn.config import ExperimentConfig
+
+            self.base_config = ExperimentConfig.model_validate(base_config).to_dict()
+            self.tracker = tracker
+            self.rows: dict[str, dict[str, Any]] = {}
+
+        def __getstate__(self):
+            d = self.__dict__.copy()
+            d["rows"] = {}
+            return d
+
+        def setup(self, **info) -> None:
+            self.rows = {}
+            p = Path(self.study_dir) / "trials.parquet"
+            if p.exists():
+                for r in pd.read_parquet(p).to_dict("records"):
+                    self.rows[str(r["trial_id"])] = r
+
+        def row(self, trial) -> dict[str, Any]:
+            last = dict(trial.last_result or {})
+            baseline = bool(trial.config.get(BASELINE_KEY, False))
+            tid = trial.trial_id
+            old = self.rows.get(tid, {})
+            r: dict[str, Any] = {
+                "trial_id": tid,
+                "status": _trial_status(trial),
+                "is_baseline": baseline,
+                "dataset": self.spec_dict["dataset"],
+                "duration_s": float(last.get("time_total_s", old.get("duration_s", float("nan"))) or 0.0),
+                "epochs": int(last.get("epoch", 0) or 0),
+                "run_dir": last.get("run_dir") or str(Path(self.study_dir).resolve() / "trials" / tid),
+                "checkpoint_path": trial.checkpoint.path if trial.checkpoint is not None else None,
+                "mlflow_run_id": (self.tracker.run_id_for(tid) if self.tracker else None) or old.get("mlflow_run_id"),
+                "node_id": last.get("node_id"),
+                "hostname": last.get("hostname"),
+                "pid": last.get("pid"),
+            }
+            for path in self.spec_dict["params"]:
+                v = _get_path(self.base_config, path) if baseline else trial.config.get(path)
+                r[f"config/{path}"] = v
+            for k, v in last.items():
+                if k in _NON_METRIC or k in r or k.startswith("config/"):
+                    continue
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    r[k] = float(v)
+            return r
+
+        def update(self, trial) -> None:
+            self.rows[trial.trial_id] = self.row(trial)
+
+        def write(self) -> pd.DataFrame:
+            df = trials_frame(list(self.rows.values()), self.spec_dict)
+            d = Path(self.study_dir)
+            _atomic_df(df, d / "trials.csv")
+            _atomic_df(df, d / "trials.parquet")
+            return df
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.update(trial)
+            self.write()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.update(trial)
+            self.write()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.update(trial)
+            self.write()
+
+        def on_experiment_end(self, trials, **info):
+            for t in trials:
+                self.update(t)
+            self.write()
+
+    return TrialsTable
+
+
+def trials_frame(rows: list[dict[str, Any]], spec_dict: dict[str, Any]) -> pd.DataFrame:
+    """Rows -> the trials table with the contract's leading columns first."""
+    lead = ["trial_id", "status", "is_baseline", "dataset", "duration_s", "epochs", "run_dir",
+            "checkpoint_path", "mlflow_run_id", "node_id", "hostname", "pid"]
+    cfg_cols = [f"config/{p}" for p in spec_dict["params"]]
+    objs = [o["metric"] for o in spec_dict["objectives"]]
+    df = pd.DataFrame(rows)
+    for c in lead + cfg_cols + objs:
+        if c not in df.columns:
+            df[c] = None
+    rest = sorted(c for c in df.columns if c not in set(lead + cfg_cols + objs))
+    df = df[lead + cfg_cols + objs + rest]
+    if len(df):
+        df["is_baseline"] = df["is_baseline"].astype(bool)
+        df = df.sort_values(["is_baseline", "trial_id"], ascending=[False, True]).reset_index(drop=True)
+    return df
+
+
+# ------------------------------------------------------------------ resources / Ray
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def check_resources(spec: SearchSpec, where: str, *, cluster: Optional[dict[str, float]] = None) -> None:
+    """Reject per-trial resources no node can provide (before anything is created)."""
+    cpu, gpu = spec.resources.cpu, spec.resources.gpu
+    if cluster is None:
+        have_cpu = float(os.cpu_count() or 1)
+        have_gpu = float(_local_gpus()) if gpu > 0 else 0.0
+        what = "this machine"
+    else:
+        have_cpu, have_gpu = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+        what = "the Ray cluster"
+    if cpu > have_cpu:
+        raise ConfigError(f"{where}: field 'resources.cpu': {cpu:g} CPUs per trial but {what} has {have_cpu:g} "
+                          f"(lower resources.cpu, or join a bigger cluster with --address)")
+    if gpu > have_gpu:
+        raise ConfigError(f"{where}: field 'resources.gpu': {gpu:g} GPUs per trial but {what} has {have_gpu:g} "
+                          f"(set resources.gpu: 0, or join a cluster with GPUs via --address)")
+
+
+def _init_ray(address: Optional[str]) -> bool:
+    """Start (or join) Ray. Returns True when this call started it (so we shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
+                                  logging_level="WARNING")
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]}); "
+                            f"start it with 'ray start --head' or drop --address") from None
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+    return True
+
+
+# ------------------------------------------------------------------ study
+@dataclass
+class StudyOutcome:
+    """What a finished (or interrupted) study produced."""
+
+    study_dir: Path
+    name: str
+    table: pd.DataFrame
+    interrupted: bool = False
+    tracking_uri: str = ""
+    parent_run_id: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def read_study(study_dir: str | Path) -> dict[str, Any]:
+    p = Path(study_dir) / STUDY_FILE
+    if not p.is_file():
+        raise UserError(f"{study_dir}: not a study folder (no {STUDY_FILE}); give a folder made by 'sdsnn-search run'")
+    return json.loads(p.read_text())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _default_name(spec: SearchSpec) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{spec.name or spec.dataset}-{stamp}"
+
+
+def run_study(
+    space: str | Path | SearchSpec,
+    *,
+    results_dir: str | Path = "results",
+    name: Optional[str] = None,
+    num_samples: Optional[int] = None,
+    max_concurrent: Optional[int] = None,
+    epochs: Optional[int] = None,
+    seed: Optional[int] = None,
+    address: Optional[str] = None,
+    tracking_uri: Optional[str] = None,
+    data_root: Optional[str] = None,
+    trainable: Optional[Callable] = None,
+    progress: bool = True,
+) -> StudyOutcome:
+    """Run a new study from a space file (or an already validated spec).
+
+    All validation happens before anything is written (study folder, MLflow). ``trainable``
+    replaces :func:`sdsnn_search.trainable.run_trial` (tests and benchmarks); it receives the same
+    keyword arguments (``base``, ``study_dir``, ``data_root``).
+    """
+    overrides = {"search.num_samples": num_samples, "search.max_concurrent": max_concurrent,
+                 "search.epochs": epochs, "search.seed": seed}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(space, SearchSpec):
+        where = "<spec>"
+        from sdsnn.config import apply_overrides
+
+        spec = parse_space(apply_overrides(space.to_dict(), overrides), where) if overrides else space
+        space_file = None
+    else:
+        where = str(space)
+        spec = load_space(space, overrides)
+        space_file = str(Path(space).resolve())
+    study_name = name or _default_name(spec)
+    if not study_name or "/" in study_name or study_name.startswith("."):
+        raise UserError(f"--name '{study_name}': use a plain folder name (letters, digits, '-', '_')")
+    study_dir = Path(results_dir) / study_name
+    if (study_dir / STUDY_FILE).exists():
+        raise UserError(f"{study_dir}: a study with this name exists; continue it with "
+                        f"'sdsnn-search resume {study_dir}' or pick another --name")
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise UserError(f"{study_dir}: folder exists and is not empty; pick another --name or --results-dir")
+    if not address:
+        import ray
+
+        if not ray.is_initialized():
+            check_resources(spec, where)
+    started = _init_ray(address)
+    try:
+        if address or not started:
+            import ray
+
+            check_resources(spec, where, cluster=ray.cluster_resources())
+        study_dir = study_dir.resolve()
+        study_dir.mkdir(parents=True, exist_ok=True)
+        uri = tracking_uri or _default_uri(study_dir)
+        info = {
+            "name": study_name,
+            "dataset": spec.dataset,
+            "space_file": space_file,
+            "objectives": [o.model_dump() for o in spec.objectives],
+            "constraints": [c.model_dump() for c in spec.constraints],
+            "reference_point": spec.reference_point,
+            "tracking_uri": uri,
+            "parent_run_id": None,
+            "experiment_name": study_name,
+            "baseline_trial_id": None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seed": spec.search.seed,
+            "data_root": data_root,
+            "trainable": _trainable_ref(trainable),
+            "address": address,
+            "num_samples": spec.search.num_samples,
+        }
+        (study_dir / SPEC_FILE).write_text(spec.to_yaml())
+        _write_json(study_dir / STUDY_FILE, info)
+        from .tracking import start_study_run
+
+        exp_id, parent = start_study_run(
+            tracking_uri=uri, experiment_name=study_name, study_dir=study_dir, study_name=study_name,
+            spec_dict=spec.to_dict(), space_file=space_file, seed=spec.search.seed,
+            artifact_location=(study_dir / "mlartifacts").as_uri() if tracking_uri is None else None,
+        )
+        info.update(parent_run_id=parent, experiment_id=exp_id)
+        _write_json(study_dir / STUDY_FILE, info)
+        return _execute(spec, study_dir, info, trainable=trainable, restore=False, progress=progress)
+    finally:
+        if started:
+            _shutdown_ray()
+
+
+def _default_uri(study_dir: Path) -> str:
+    from .tracking import default_tracking_uri
+
+    return default_tracking_uri(study_dir)
+
+
+def _trainable_ref(fn: Optional[Callable]) -> Optional[str]:
+    if fn is None:
+        return None
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def _resolve_trainable(ref: Optional[str]) -> Optional[Callable]:
+    if not ref:
+        return None
+    import importlib
+
+    mod, _, qual = ref.partition(":")
+    obj: Any = importlib.import_module(mod)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resume_study(
+    study_dir: str | Path,
+    *,
+    address: Optional[str] = None,
+    trainable: Optional[Callable] = None,
+    progress: bool = True,
+) -> StudyOutcome:
+    """Continue an interrupted study: finished trials are kept, unfinished ones continue."""
+    study_dir = Path(study_dir)
+    info = read_study(study_dir)
+    spec = load_space(study_dir / SPEC_FILE)
+    from ray.tune import Tuner
+
+    if not Tuner.can_restore(str((study_dir / RAY_DIR).resolve())):
+        raise UserError(f"{study_dir}: no Ray experiment state to resume (the study never started); "
+                        f"delete the folder and run it again")
+    if trainable is None:
+        trainable = _resolve_trainable(info.get("trainable"))
+    if not (address or info.get("address")):
+        import ray
+
+        if not ray.is_initialized():
+            check_resources(spec, str(study_dir / SPEC_FILE))
+    started = _init_ray(address or info.get("address"))
+    try:
+        from .tracking import reopen_study_run
+
+        study_dir = study_dir.resolve()
+        if info.get("parent_run_id"):
+            reopen_study_run(info["tracking_uri"], info["parent_run_id"])
+        return _execute(spec, study_dir, info, trainable=trainable, restore=True, progress=progress)
+    finally:
+        if started:
+            _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # pragma: no cover
+        pass
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainable: Optional[Callable],
+             restore: bool, progress: bool) -> StudyOutcome:
+    import optuna
+    from ray import tune
+
+    from .progress import ProgressView
+    from .tracking import MlflowTracker, end_study_run
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    fn = tune.with_parameters(trainable or run_trial, base=spec.base_config(), study_dir=str(study_dir),
+                              data_root=info.get("data_root"))
+    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    ray_path = str(study_dir / RAY_DIR)
+    tracker = MlflowTracker(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
+    table = _table_callback_class()(str(study_dir), spec.to_dict(), spec.base_config(), tracker)
+    view = ProgressView(spec, study_dir, enabled=progress)
+    if restore:
+        # callbacks come back from the pickled Tuner; fresh ones are passed through the run config
+        tuner = tune.Tuner.restore(ray_path, trainable=fn, resume_unfinished=True, resume_errored=False)
+        rc = tuner._local_tuner.get_run_config()
+        rc.callbacks = [tracker, table, view]
+    else:
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{study_dir / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 60}}
+        )
+        attr_metrics = tuple(dict.fromkeys([*KNOWN_METRICS, *(c.metric for c in spec.constraints)]))
+        searcher = _optuna_search_class()(
+            space=optuna_space(spec), metric=spec.metric_names(), mode=spec.modes(),
+            sampler=make_sampler(spec), storage=storage, study_name=info["name"],
+            baseline=spec.search.baseline, attr_metrics=attr_metrics,
+        )
+        scheduler = None
+        if spec.scheduler.type == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric=spec.scheduler.metric,
+                                      mode=spec.scheduler.mode, max_t=spec.epochs,
+                                      grace_period=spec.scheduler.grace_period,
+                                      reduction_factor=spec.scheduler.reduction_factor)
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler,
+                num_samples=spec.search.num_samples + (1 if spec.search.baseline else 0),
+                max_concurrent_trials=spec.search.max_concurrent,
+                time_budget_s=spec.search.time_budget_s,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=RAY_DIR, storage_path=str(study_dir), callbacks=[tracker, table, view],
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures, fail_fast=False),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+            ),
+        )
+    interrupted = False
+    old_term = signal.getsignal(signal.SIGTERM)
+
+    def _on_term(signum, frame):  # SIGTERM -> the same graceful stop as Ctrl-C
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _on_term)
+    except ValueError:  # not the main thread
+        old_term = None
+    try:
+        with view:
+            tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    df = table.write() if table.rows else trials_frame([], spec.to_dict())
+    counts = {s: int((df["status"] == s).sum()) for s in ("completed", "failed", "nan", "running", "pending")}
+    expected = spec.search.num_samples + (1 if spec.search.baseline else 0)
+    finished = counts["completed"] + counts["failed"] + counts["nan"]
+    if finished < expected and spec.search.time_budget_s is None:
+        interrupted = True
+    base = df[df["is_baseline"]] if len(df) else df
+    if len(base):
+        info["baseline_trial_id"] = str(base.iloc[0]["trial_id"])
+    info["finished"] = not interrupted
+    info["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _write_json(study_dir / STUDY_FILE, info)
+    summary = {f"n_{k}": v for k, v in counts.items()}
+    try:
+        end_study_run(info["tracking_uri"], info["parent_run_id"], "KILLED" if interrupted else "FINISHED",
+                      summary=summary,
+                      artifacts=(study_dir / "trials.csv", study_dir / STUDY_FILE) if not interrupted else ())
+    except Exception as e:  # tracking trouble must not hide the results
+        print(f"warning: could not close the MLflow parent run: {e}")
+    outcome = StudyOutcome(study_dir, info["name"], df, interrupted, info["tracking_uri"], info["parent_run_id"], counts)
+    view.final(outcome)
+    return outcome

@@ -1,0 +1,121 @@
+"""The Ray Tune trainable: one trial = one call of :func:`sdsnn.train.train`.
+
+A plain function trainable. Its Ray config holds the searched values by dotted path plus
+``is_baseline``; the fixed part of the experiment comes bound through ``tune.with_parameters``.
+Every epoch it reports the metrics with the run folder as the checkpoint. When Ray restarts a
+trial (retry or ``resume``), training continues from that checkpoint. A trial whose loss became
+NaN reports its last metrics and then raises :class:`TrialDiverged`, so Ray, Optuna and MLflow all
+record it as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["run_trial", "TrialDiverged", "trial_params", "FINAL_NAME", "BASELINE_KEY"]
+
+#: Written into the run folder when a trial ends; a restarted trial that finds it re-reports it.
+FINAL_NAME = "final.json"
+BASELINE_KEY = "is_baseline"
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched values of a Ray trial config (dotted path -> value)."""
+    return {k: v for k, v in config.items() if k != BASELINE_KEY and not k.startswith("__")}
+
+
+def _where() -> dict[str, Any]:
+    import ray
+
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # pragma: no cover - outside Ray
+        node = None
+    return {"node_id": node, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], study_dir: str, data_root: Optional[str] = None) -> None:
+    """Train one trial and report every epoch to Ray Tune.
+
+    ``base`` is the fixed experiment config (dict, from :meth:`SearchSpec.base_config`),
+    ``study_dir`` the study folder (run folders go to ``study_dir/trials/<trial_id>``).
+    """
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    from sdsnn.config import ExperimentConfig, apply_overrides
+    from sdsnn.train import train
+
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    baseline = bool(config.get(BASELINE_KEY, False))
+    d = apply_overrides(base, {} if baseline else trial_params(config))
+    if data_root:
+        d = apply_overrides(d, {"data.data_root": data_root})
+    d["name"] = f"{Path(study_dir).name}-{trial_id}"
+    cfg = ExperimentConfig.model_validate(d)
+    if baseline:
+        cfg = cfg.dense_baseline()
+
+    run_dir = Path(study_dir) / "trials" / trial_id
+    where = _where()
+    ckpt = tune.get_checkpoint()
+    resume = False
+    if ckpt is not None:
+        # restarted trial (retry or study resume): continue from the last reported checkpoint
+        if not (run_dir / "checkpoint.pt").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with ckpt.as_directory() as src:
+                shutil.copytree(src, run_dir, dirs_exist_ok=True)
+        resume = True
+    final_path = run_dir / FINAL_NAME
+    if resume and final_path.exists():
+        final = json.loads(final_path.read_text())
+        metrics = {**final["metrics"], **where, "trial_status": final["status"], "run_dir": str(run_dir)}
+        tune.report(metrics, checkpoint=Checkpoint.from_directory(str(run_dir)))
+        if final["status"] == "nan":
+            raise TrialDiverged(f"trial {trial_id}: the loss became NaN or infinite (recorded before the restart)")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(run_dir / "where.json", where)
+
+    reported = [0]
+
+    def on_epoch(metrics: dict, path: Optional[Path]) -> None:
+        reported[0] += 1
+        m = {**_finite(metrics), **where, "run_dir": str(run_dir)}
+        nan = any(isinstance(v, float) and math.isnan(v) for k, v in m.items() if k == "train_loss")
+        m["trial_status"] = "nan" if nan or "val_acc" not in m else "running"
+        tune.report(m, checkpoint=Checkpoint.from_directory(str(run_dir)))
+
+    result = train(cfg, run_dir, resume=resume, on_epoch=on_epoch, progress=False)
+    _atomic_json(final_path, {"status": result.status, "metrics": _finite(result.metrics)})
+    if not reported[0]:  # resumed after the last epoch: nothing new was reported this time
+        m = {**_finite(result.metrics), **where, "run_dir": str(run_dir), "trial_status": result.status}
+        tune.report(m, checkpoint=Checkpoint.from_directory(str(run_dir)))
+    if result.status != "completed":
+        raise TrialDiverged(f"trial {trial_id}: the loss became NaN or infinite at epoch {len(result.history)}")

@@ -1,0 +1,57 @@
+"""Tiny stand-in trainables for the search-machinery tests (Ray, Optuna, MLflow, resume).
+
+They report the same metric names as the real trainable, with values computed from the trial's
+config, so the runner's bookkeeping can be checked in seconds. The end-to-end test uses the real
+training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from ray import tune
+from ray.tune import Checkpoint
+
+
+def _metrics(config: dict, base: dict, epoch: int) -> dict:
+    lr = float(config.get("train.lr", base.get("train", {}).get("lr", 1e-3)))
+    sf = float(config.get("plasticity.shrink_factor", 0.75))
+    dense = bool(config.get("is_baseline"))
+    acc = min(0.99, 0.5 + 0.1 * epoch + 10 * lr - (0.0 if dense else 0.2 * (1 - sf)))
+    energy = 1000.0 * (1.0 if dense else sf) * (1 + lr)
+    return {"epoch": float(epoch), "val_acc": acc, "energy_pj": energy, "params": 100.0 * sf,
+            "train_loss": 1.0 / epoch, "syn_prune_rate": 0.0 if dense else 1 - sf}
+
+
+def fake_trial(config, *, base, study_dir, data_root=None):
+    """Reports `epochs` epochs; sleeps `__sleep` s per epoch; raises when train.lr > 0.05 * 0.9."""
+    import ray
+
+    tid = tune.get_context().get_trial_id()
+    run_dir = Path(study_dir) / "trials" / tid
+    run_dir.mkdir(parents=True, exist_ok=True)
+    epochs = int(base.get("train", {}).get("epochs", 1))
+    sleep = float(os.environ.get("SDSNN_FAKE_SLEEP", "0"))
+    start = 0
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            start = int(json.loads((Path(d) / "state.json").read_text())["epoch"])
+    fail_lr = float(os.environ.get("SDSNN_FAKE_FAIL_LR", "1e9"))
+    if float(config.get("train.lr", 0)) > fail_lr:
+        raise RuntimeError("deliberate failure for the test")
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
+    for e in range(start + 1, epochs + 1):
+        time.sleep(sleep)
+        (run_dir / "state.json").write_text(json.dumps({"epoch": e}))
+        m = {**_metrics(config, base, e), **where, "run_dir": str(run_dir), "trial_status": "running"}
+        tune.report(m, checkpoint=Checkpoint.from_directory(str(run_dir)))
+
+
+def noop_trial(config, *, base, study_dir, data_root=None):
+    """Does nothing but report once: measures the fixed per-trial overhead."""
+    tune.report({"epoch": 1.0, "val_acc": 0.5, "energy_pj": 1.0, "trial_status": "running"})
