@@ -438,3 +438,22 @@ def test_state_dict_round_trip_reproduces_development():
         for k, v in s1["layers"][name].items():
             v2 = s2["layers"][name][k]
             assert torch.equal(v, v2) if torch.is_tensor(v) else v == v2, (name, k)
+
+
+def test_prune_output_layer_develops_output_weights_but_keeps_its_neurons():
+    torch.manual_seed(0)
+    f1, out = nn.Linear(4, 10), nn.Linear(10, 3)
+    layers = [LayerInfo("fc1", f1, "fc"), LayerInfo("out", out, "fc", is_output=True)]
+    cfg = PlasticityConfig(spine_window=1, rho_init_fc=50, prune_output_layer=True)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=3)
+    for _ in range(3):
+        sd.develop(None)
+    with torch.no_grad():
+        out.weight.fill_(5.0)  # far outside its spine: clamped from step N + 1 on
+    sd.develop(None)  # s = 3: prunes 5 of fc1's neurons
+    assert torch.all(out.weight <= sd.state_dict()["layers"]["out"]["r_hi"])
+    m = sd.masks()
+    assert m["out"].neuron.all() and int((~m["fc1"].neuron).sum()) == 5
+    st = sd.stats()
+    assert "syn_prune/out" in st and "rho/out" not in st and "neuron_prune/out" not in st
+    assert st["syn_prune_rate"] == pytest.approx(5 * 4 / (40 + 30))

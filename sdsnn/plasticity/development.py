@@ -14,6 +14,21 @@ A development step ``s`` (counted here, from 0) runs, in order: spine initialisa
 adaptation (s >= 1), the synaptic constraint (s > N), regeneration (s > 2N), neuronal pruning
 (s > 2N) and the neurotrophic rate update (s > 2N). Every rule is a few tensor passes over a
 layer's weights; the only Python loop is over layers.
+
+Interpretations where docs/sd-snn.md leaves a choice (each is documented at its rule):
+
+- the weight history used by shrinkage holds the weights as each step left them (after the
+  constraint and the masks); the "at the previous step" test of spine growth uses a flag stored
+  at that step (``w >= r_hi`` then, against the range of then);
+- masked synapses have no spine dynamics (their counters stay 0, their ranges are frozen);
+- a neuron revived by regeneration cannot be selected by the pruning of the same step (else
+  the cumulative target K would undo every revival at once); revived neurons restart with bias
+  0, BatchNorm weight 1, bias 0 and running statistics (0, 1);
+- pruned neurons rank below every alive neuron (not just "score 0"), so ties at 0 never let an
+  alive neuron take a pruned neuron's place in the K lowest;
+- the regrowth signal is only accumulated from step 2N + 1 on (it is reset at every step and
+  not read before); with BatchNorm, a pruned neuron's zeroed BN weight blocks the gradient to
+  its input weights, so its groups get no signal and only BN-free layers can revive neurons.
 """
 
 from __future__ import annotations
@@ -88,6 +103,7 @@ class _Layer:
     def refresh(self) -> None:
         """Recompute the cached float masks used by the per-step hooks."""
         w = self.li.weight
+        self.all_live = bool(self.group.all())
         self.wmask = expand_group_mask(self.group, w).to(w.dtype).contiguous()
         self.all_alive = bool(self.neuron.all())
         self.nmask = self.neuron.to(w.dtype)
@@ -95,7 +111,8 @@ class _Layer:
     @torch.no_grad()
     def impose(self) -> None:
         """Hard masks: masked weights, and bias / BN affine of pruned neurons, exactly zero."""
-        self.li.weight.mul_(self.wmask)
+        if not self.all_live:
+            self.li.weight.mul_(self.wmask)
         if not self.all_alive:
             for p in _neuron_params(self.li):
                 p.mul_(self.nmask.to(p.dtype))
@@ -134,6 +151,11 @@ class StructuralDevelopment:
         self.last: dict[str, int] = {"pruned": 0, "regrown": 0, "pruned_groups": 0, "revived": 0}
         self._layers: list[_Layer] = []
         for li in layers:
+            if li.norm is not None and not isinstance(getattr(li.norm, "weight", None), torch.Tensor):
+                raise ValueError(
+                    f"layer {li.name}: its BatchNorm has no affine parameters, so a pruned neuron's "
+                    "output could not be silenced; build it with affine=True"
+                )
             hidden = not li.is_output
             develops = hidden or cfg.prune_output_layer
             rho0 = cfg.rho_init_conv if li.kind == "conv" else cfg.rho_init_fc
@@ -167,11 +189,15 @@ class StructuralDevelopment:
         since masked entries hold exactly 0. Gradients of masked weights and of the bias / BN
         parameters of pruned neurons are zeroed so the optimizer never moves them.
         """
+        # the signal is only read from step 2N + 1 on (and reset at every step)
+        accumulate = self.step > 2 * self.window
         for L in self._layers:
             w = L.li.weight
-            if L.develops and w.grad is not None:
-                L.grad_acc.add_(w.grad)
-                w.grad.mul_(L.wmask)
+            if w.grad is not None:
+                if accumulate and L.develops:
+                    L.grad_acc.add_(w.grad)
+                if not L.all_live:
+                    w.grad.mul_(L.wmask)
             if not L.all_alive:
                 for p in _neuron_params(L.li):
                     if p.grad is not None:
