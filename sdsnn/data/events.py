@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
@@ -136,7 +137,7 @@ class EventDataset(Dataset):
             "shape": list(self.shape_for(cfg)),
             "denoise_us": getattr(cfg, "denoise_us", None),
             "tonic": self.tonic_kwargs,
-            "files": [[str(Path(f).relative_to(base)), Path(f).stat().st_size] for f in files],
+            "files": [[os.path.relpath(f, base), os.stat(f).st_size] for f in files],
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -214,7 +215,7 @@ class NMNISTEvents(EventDataset):
     description = "N-MNIST event recordings, 34x34x2"
 
     def sort_key(self, path: str, target: int) -> Any:
-        stem = Path(path).stem
+        stem = os.path.splitext(os.path.basename(path))[0]
         return (int(stem) if stem.isdigit() else 1 << 62, path)
 
 

@@ -49,8 +49,8 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
 class BatchLoader:
     """Iterates ``(x [T, B, C, H, W] float32, y [B] int64)`` batches.
 
-    ``x`` holds uint8 images ``[N, C, H, W]`` (``events=False``) or uint8 event frames
-    ``[N, T, C, H, W]`` (``events=True``). Images are scaled by ``1/max_value``, optionally
+    ``x`` holds uint8 images ``[N, C, H, W]`` (``events=False``) or uint8 event frames stored
+    time-major, ``[T, N, C, H, W]`` (``events=True``), so a batch is one gather along dim 1. Images are scaled by ``1/max_value``, optionally
     augmented (random crop with zero padding 4 and horizontal flip, per sample), then either
     repeated over T (``direct``, normalised by mean/std when given; returned as an expanded view,
     no copy) or turned into Bernoulli spikes with probability equal to the intensity (``poisson``).
@@ -114,18 +114,20 @@ class BatchLoader:
         n = len(self.y)
         order = torch.randperm(n, generator=g)[: self._n_used] if self.shuffle else None
         for start in range(0, self._n_used, self.batch_size):
+            stop = start + self.batch_size
             if order is None:
-                xb, yb = self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                xb = self.x[:, start:stop] if self.events else self.x[start:stop]
+                yb = self.y[start:stop]
             else:
-                idx = order[start : start + self.batch_size]
-                xb, yb = self.x[idx], self.y[idx]
+                idx = order[start:stop]
+                xb = self.x.index_select(1 if self.events else 0, idx)
+                yb = self.y[idx]
             yield self._convert(xb, g), yb
 
     # ------------------------------------------------------------------ conversion
     def _convert(self, xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.events:
-            # [B, T, C, H, W] counts -> [T, B, C, H, W] float
-            return xb.transpose(0, 1).to(torch.float32).contiguous()
+        if self.events:  # [T, B, C, H, W] uint8 counts -> float
+            return xb.to(torch.float32, memory_format=torch.contiguous_format)
         x = xb.to(torch.float32).mul_(self.scale)
         if self.augment:
             x = random_crop_flip(x, g, pad=4)
@@ -199,6 +201,8 @@ def build_loaders(cfg: DataConfig, seed: int, *, download: bool = False, progres
 
     def tensors(a: SplitArrays, idx: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = (a.x, a.y) if idx is None else (a.x[idx], a.y[idx])
+        if events:  # frames [N, T, C, H, W] -> time-major [T, N, C, H, W] (one copy)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4))
         # read-only arrays (the per-process cache) are copied so that torch owns writable memory
         x = np.ascontiguousarray(x) if x.flags.writeable else np.array(x, copy=True)
         y = np.array(y, dtype=np.int64, copy=not y.flags.writeable or y.dtype != np.int64)
