@@ -85,6 +85,49 @@ def _make_neuron(kind: str, cfg: ModelConfig, v_threshold: float) -> nn.Module:
     )
 
 
+def _fast_path_ok(neuron: nn.Module, x: torch.Tensor) -> bool:
+    """Inference on CPU with our neuron settings: the lean loop of :func:`_lif_inference` applies."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and type(neuron) in (sj_neuron.LIFNode, sj_neuron.ParametricLIFNode)
+        and neuron.v_reset == 0.0
+        and neuron.decay_input
+        and not neuron.store_v_seq
+        and getattr(neuron, "_neuron_precision", None) is None
+        and not neuron._forward_hooks  # a hooked neuron goes through its own forward
+        and not neuron._forward_pre_hooks
+    )
+
+
+def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
+    """Multi-step LIF/PLIF forward without autograd bookkeeping (CPU inference).
+
+    The same arithmetic, in the same order, as spikingjelly's CPU kernel with hard reset to 0
+    (``h = v + (x - v) / tau``, or ``* sigmoid(w)`` for PLIF; spike ``h >= threshold``; ``v = 0``
+    where it spiked, else ``h``), so the spikes are bit-identical; it only skips storing the
+    charge sequence that the backward pass needs and writes spikes into one preallocated tensor.
+    The final membrane potential is kept in ``neuron.v`` as spikingjelly would.
+    """
+    v = neuron.v
+    if not isinstance(v, torch.Tensor):
+        v = torch.full_like(x_seq[0], float(v))
+    q = neuron.w.detach().float().sigmoid() if isinstance(neuron, sj_neuron.ParametricLIFNode) else None
+    tau = getattr(neuron, "tau", None)
+    thr = neuron.v_threshold
+    out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+    for t in range(x_seq.shape[0]):
+        d = x_seq[t] - v
+        d = d * q if q is not None else d / tau
+        h = v + d
+        s = h >= thr
+        out[t] = s
+        v = h.masked_fill_(s, 0.0)
+    neuron.v = v
+    return out
+
+
 class SpikingBlock(nn.Module):
     """weight layer -> [BatchNorm] -> spiking neuron -> [max-pool 2x2], time-first tensors."""
 
@@ -123,7 +166,7 @@ class SpikingBlock(nn.Module):
         else:
             y = self._analog(x.flatten(0, 1))
             y = y.reshape((T, B) + tuple(y.shape[1:]))
-        s = self.neuron(y)
+        s = _lif_inference(self.neuron, y) if _fast_path_ok(self.neuron, y) else self.neuron(y)
         if self.pool is not None:
             s = self.pool(s.flatten(0, 1))
             s = s.reshape((T, B) + tuple(s.shape[1:]))

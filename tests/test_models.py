@@ -120,3 +120,27 @@ def test_firing_rates_and_reset():
     assert rates["out"] == pytest.approx(float(y1.mean()), abs=1e-6)
     # reset() clears membrane state: the same input gives the same output again
     assert torch.equal(_run(m, x), y1)
+
+
+@pytest.mark.parametrize("neuron_kind", ["lif", "plif"])
+def test_inference_fast_path_gives_the_same_spikes_as_spikingjelly(neuron_kind):
+    torch.manual_seed(4)
+    kw, shape = SMALL["convnet"]
+    m = build_model(ModelConfig(name="convnet", neuron=neuron_kind, v_threshold=0.2, **kw), shape, 4)
+    if neuron_kind == "plif":
+        with torch.no_grad():
+            for b in m.blocks[:3]:  # the convs are PLIF, the FC layers LIF
+                b.neuron.w.fill_(0.3)  # a learnt time constant, not the initial one
+    m.eval()
+    m.record_firing = True
+    x = torch.rand(5, 6, *shape)
+    with torch.no_grad():  # lean CPU inference loop
+        fast = m(x)
+    fast_rates = m.firing_rates()
+    v_fast = m.blocks[0].neuron.v.clone()
+    m.reset()
+    slow = m(x)  # grad enabled: spikingjelly's own kernel
+    assert torch.equal(fast, slow.detach())
+    assert fast_rates == m.firing_rates() and sum(fast_rates.values()) > 0
+    assert torch.equal(v_fast, m.blocks[0].neuron.v.detach())
+    m.reset()
