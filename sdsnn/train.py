@@ -221,7 +221,8 @@ def train(
         _atomic_write_text(run_path / "config.json", json.dumps(cfg.to_dict(), indent=2))
     _seed_everything(cfg.seed)
     model, dev = _build(cfg, bundle.input_shape, bundle.num_classes, bundle.static_input, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = len(bundle.train)
     total_steps = steps_per_epoch * cfg.train.epochs
     warmup_steps = steps_per_epoch * cfg.train.warmup_epochs
@@ -274,8 +275,18 @@ def train(
             loss.backward()
             if dev is not None:
                 dev.after_backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            # Spike outputs are bounded, so a diverging network shows up in its gradients (or its
+            # weights, once they are inf/NaN) before it shows up in the loss: check the grad norm.
+            grads = [p.grad for p in params if p.grad is not None]
+            gnorm = (
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+                if cfg.train.grad_clip
+                else torch.nn.utils.get_total_norm(grads)
+            )
+            if not torch.isfinite(gnorm):
+                model.reset()
+                status = "nan"
+                break
             optimizer.step()
             if dev is not None:
                 dev.after_optimizer_step(optimizer)
