@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from sdsnn.config import DataConfig
-from sdsnn.data import DATASETS, build_loaders, data_roots, get_dataset, register_dataset
+from sdsnn.data import DATASETS, build_loaders, data_roots, ensure_available, get_dataset, register_dataset
 from sdsnn.data.images import ImageDataset
 from sdsnn.data.loaders import random_crop_flip, split_train_val
 from sdsnn.errors import ConfigError, DatasetUnavailable
@@ -204,6 +204,8 @@ def test_missing_dataset_fails_fast_with_one_line(tmp_path, name):
     msg = str(err.value)
     assert "\n" not in msg and name in msg and str(empty) in msg and "data fetch" in msg
     assert list(empty.iterdir()) == []  # nothing created in the data root
+    with pytest.raises(DatasetUnavailable, match="not found in data root"):
+        ensure_available(DataConfig(dataset=name, data_root=str(empty)))
 
 
 def test_cli_fetch_without_network_exits_2_with_one_line_and_writes_nothing(tmp_path):

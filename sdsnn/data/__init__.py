@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "build_loaders",
+    "ensure_available",
     "DataBundle",
     "BatchLoader",
     "DATASETS",
@@ -45,6 +46,14 @@ __all__ = [
 ]
 
 
+def ensure_available(cfg: "DataConfig") -> None:
+    """Raise :class:`sdsnn.errors.DatasetUnavailable` (one line) unless ``cfg.dataset`` is readable.
+
+    Needs neither torch nor tonic: call it first for a fast failure on missing data.
+    """
+    get_dataset(cfg.dataset).require(data_roots(cfg.data_root))
+
+
 def build_loaders(cfg: "DataConfig", seed: int, *, download: bool = False, progress: bool = True) -> "DataBundle":
     """Train / validation / test loaders for ``cfg`` (see :func:`sdsnn.data.loaders.build_loaders`).
 
@@ -54,7 +63,7 @@ def build_loaders(cfg: "DataConfig", seed: int, *, download: bool = False, progr
     ds = get_dataset(cfg.dataset)
     roots = data_roots(cfg.data_root)
     if not download:
-        ds.require(roots)
+        ds.require(roots)  # before torch is imported: a missing dataset fails fast
     from .loaders import build_loaders as _build
 
     return _build(cfg, seed, download=download, progress=progress)
