@@ -102,6 +102,75 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
 
 
 # ---------------------------------------------------------------- search (issue 4)
+@main.command("run")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
+              help="Search-space YAML (see search_spaces/). Required unless --resume.")
+@click.option("--num-samples", type=int, default=None, help="Searched trials (the dense baseline comes on top).")
+@click.option("--max-concurrent", type=int, default=None, help="Trials running at once.")
+@click.option("--epochs", type=int, default=None, help="Epochs per trial.")
+@click.option("--results-dir", default="results", show_default=True, help="Where the study folder goes.")
+@click.option("--name", default=None, help="Study name (folder results/<name>); default <space name>-<time>.")
+@click.option("--seed", type=int, default=None, help="Sampler seed.")
+@click.option("--address", default=None, help="Join an existing Ray cluster (e.g. 127.0.0.1:6379 or auto).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite inside the study folder).")
+@click.option("--data-root", default=None, help="Dataset root folder (else $SDSNN_DATA_ROOT or the cache).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the interrupted study in this folder instead of starting one.")
+def run_cmd(space_file, num_samples, max_concurrent, epochs, results_dir, name, seed, address, tracking_uri,
+            data_root, resume_dir) -> None:
+    """Run a multi-objective search: Ray Tune trials, Optuna proposals, MLflow records."""
+    from sdsnn_search.runner import resume_study, run_study
+
+    if resume_dir:
+        out = resume_study(resume_dir, address=address)
+    else:
+        if not space_file:
+            raise UserError("run: give --space FILE (a search-space YAML, e.g. search_spaces/digits.yaml) or --resume DIR")
+        out = run_study(space_file, results_dir=results_dir, name=name, num_samples=num_samples,
+                        max_concurrent=max_concurrent, epochs=epochs, seed=seed, address=address,
+                        tracking_uri=tracking_uri, data_root=data_root)
+    if out.interrupted:
+        sys.exit(130)
+
+
+@main.command("resume")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--address", default=None, help="Join an existing Ray cluster.")
+def resume_cmd(study_dir, address) -> None:
+    """Continue an interrupted study: finished trials are kept, unfinished ones continue."""
+    from sdsnn_search.runner import resume_study
+
+    out = resume_study(study_dir, address=address)
+    if out.interrupted:
+        sys.exit(130)
+
+
+@main.group()
+def spaces() -> None:
+    """Search-space files."""
+
+
+@spaces.command("validate")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+def spaces_validate(space_file) -> None:
+    """Check a search-space file without running anything."""
+    from sdsnn_search.space import load_space
+
+    spec = load_space(space_file)
+    click.echo(f"{space_file}: ok ({spec.dataset}, {len(spec.params)} parameters, "
+               f"{len(spec.objectives)} objectives: {', '.join(f'{o.metric} {o.mode}' for o in spec.objectives)}, "
+               f"{spec.search.num_samples} trials with {spec.search.sampler}, {spec.epochs} epochs each)")
+
+
+@main.command("ui")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui_cmd(study_dir, port) -> None:
+    """Start the MLflow UI for a study's store on 127.0.0.1 and print its address."""
+    from sdsnn_search.tracking import serve_ui
+
+    serve_ui(study_dir, port=port, echo=click.echo)
+
 
 
 # ---------------------------------------------------------------- pareto / export / ui (issue 5)

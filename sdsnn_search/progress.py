@@ -155,7 +155,7 @@ class ProgressView(Callback):
     def final(self, outcome) -> None:
         if not self.enabled:
             return
-        console = Console()
+        console = Console() if Console().is_terminal else Console(width=200)
         df = outcome.table
         front = pareto_rows(df, self.objectives)
         if front is not None and len(front):
@@ -165,7 +165,7 @@ class ProgressView(Callback):
                 t.add_column(f"{o['metric']} ({o['mode']})", justify="right")
             cfg_cols = [c for c in df.columns if c.startswith("config/")]
             for c in cfg_cols:
-                t.add_column(c[len("config/"):], justify="right")
+                t.add_column(c.rsplit(".", 1)[-1], justify="right")
             for _, r in front.iterrows():
                 t.add_row(str(r["trial_id"]), *[_fmt(r.get(o["metric"])) for o in self.objectives],
                           *[_fmt(r.get(c)) for c in cfg_cols])

@@ -2,7 +2,7 @@
 
 Ray Tune's :class:`~ray.tune.Tuner` runs the trials; Optuna proposes them through
 :class:`StudySearch` (Ray's ``OptunaSearch`` in multi-objective mode, an Optuna RDB storage in the
-study folder, constraints through the sampler's ``constraints_func``, and one dense baseline trial
+study folder, constraints recorded with ``Trial.set_constraint``, and one dense baseline trial
 issued first). MLflow records the study from the driver (:mod:`sdsnn_search.tracking`); the trials
 table (``trials.csv`` + ``trials.parquet``) is rewritten atomically as trials end.
 
@@ -56,25 +56,26 @@ _NON_METRIC = {"trial_status", "run_dir", "hostname", "node_id", "pid", "trial_i
 
 # ------------------------------------------------------------------ Optuna side
 class Constraints:
-    """``constraints_func`` for Optuna samplers: values <= 0 are feasible.
+    """The space's constraints as Optuna constraint values (<= 0 feasible) from final metrics.
 
-    Reads the trial's user attributes, which :class:`StudySearch` sets from the final metrics
-    before telling Optuna the result.
+    :class:`StudySearch` records them with ``Trial.set_constraint`` before telling Optuna the
+    result (optuna 5 deprecates ``constraints_func``); every sampler reads ``trial.constraints``.
     """
 
     def __init__(self, constraints: list[dict[str, Any]]) -> None:
         self.constraints = [dict(c) for c in constraints]
 
-    def __call__(self, trial) -> list[float]:
-        out = []
+    def values(self, metrics: dict[str, Any]) -> dict[str, float]:
+        out = {}
         for c in self.constraints:
-            v = trial.user_attrs.get(c["metric"])
-            if v is None or not math.isfinite(float(v)):
-                out.append(1.0)
+            key = f"{c['metric']}{c['op']}{c['value']:g}"
+            v = metrics.get(c["metric"])
+            if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                out[key] = 1.0
             elif c["op"] == ">=":
-                out.append(float(c["value"]) - float(v))
+                out[key] = float(c["value"]) - float(v)
             else:
-                out.append(float(v) - float(c["value"]))
+                out[key] = float(v) - float(c["value"])
         return out
 
 
@@ -83,18 +84,17 @@ def make_sampler(spec: SearchSpec):
     import optuna
 
     s = spec.search
-    cons = Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None
     n = s.num_samples
     if s.sampler == "nsga2":
         pop = s.population_size or max(4, min(50, n // 3))
-        return optuna.samplers.NSGAIISampler(population_size=pop, seed=s.seed, constraints_func=cons)
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=s.seed)
     if s.sampler == "tpe":
         start = s.n_startup_trials or max(3, min(10, n // 3))
-        return optuna.samplers.TPESampler(n_startup_trials=start, seed=s.seed, constraints_func=cons,
+        return optuna.samplers.TPESampler(n_startup_trials=start, seed=s.seed,
                                           multivariate=True)
     if s.sampler == "gp":
         start = s.n_startup_trials or max(3, min(10, n // 3))
-        return optuna.samplers.GPSampler(n_startup_trials=start, seed=s.seed, constraints_func=cons)
+        return optuna.samplers.GPSampler(n_startup_trials=start, seed=s.seed)
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
@@ -121,8 +121,10 @@ def _optuna_search_class():
     class StudySearch(OptunaSearch):
         """OptunaSearch that issues the dense baseline first and records final metrics as user attrs."""
 
-        def __init__(self, *args, baseline: bool = True, attr_metrics: tuple[str, ...] = (), **kwargs):
+        def __init__(self, *args, baseline: bool = True, attr_metrics: tuple[str, ...] = (),
+                     constraints: Optional[Constraints] = None, **kwargs):
             super().__init__(*args, **kwargs)
+            self._constraints = constraints
             self._baseline_pending = baseline
             self._baseline_trial_id: Optional[str] = None
             self._attr_metrics = tuple(attr_metrics)
@@ -153,6 +155,12 @@ def _optuna_search_class():
                     if isinstance(v, (int, float)) and math.isfinite(float(v)):
                         try:
                             ot_trial.set_user_attr(k, float(v))
+                        except Exception:  # already finished (re-sent after a resume)
+                            break
+                if self._constraints is not None:
+                    for key, v in self._constraints.values(result).items():
+                        try:
+                            ot_trial.set_constraint(key, v)
                         except Exception:  # already finished (re-sent after a resume)
                             break
                 values = [result.get(m) for m in self.metric]
@@ -348,7 +356,7 @@ def _init_ray(address: Optional[str]) -> bool:
             raise UserError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]}); "
                             f"start it with 'ray start --head' or drop --address") from None
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
     return True
 
 
@@ -549,6 +557,20 @@ class _Interrupted(Exception):
     pass
 
 
+def _close_dangling_optuna_trials(study_dir: Path, study_name: str) -> None:
+    """Mark Optuna trials left RUNNING by a killed driver (asked, never run) as FAIL."""
+    import optuna
+
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception:  # no study yet (e.g. only the baseline ran)
+        return
+    for t in study.get_trials(deep_copy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
 def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainable: Optional[Callable],
              restore: bool, progress: bool) -> StudyOutcome:
     import optuna
@@ -579,6 +601,7 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
             space=optuna_space(spec), metric=spec.metric_names(), mode=spec.modes(),
             sampler=make_sampler(spec), storage=storage, study_name=info["name"],
             baseline=spec.search.baseline, attr_metrics=attr_metrics,
+            constraints=Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None,
         )
         scheduler = None
         if spec.scheduler.type == "asha":
@@ -622,6 +645,8 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+    if not interrupted:
+        _close_dangling_optuna_trials(study_dir, info["name"])
     df = table.write() if table.rows else trials_frame([], spec.to_dict())
     counts = {s: int((df["status"] == s).sum()) for s in ("completed", "failed", "nan", "running", "pending")}
     expected = spec.search.num_samples + (1 if spec.search.baseline else 0)

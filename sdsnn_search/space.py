@@ -31,6 +31,7 @@ Nothing here imports Ray, Optuna or torch.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -204,8 +205,12 @@ def _check(spec: SearchSpec, where: str) -> None:
     def fail(path: str, msg: str) -> None:
         raise ConfigError(f"{where}: field '{path}': {msg}")
 
-    if spec.dataset not in KNOWN_DATASETS:
-        fail("dataset", f"unknown dataset '{spec.dataset}' (choose one of {', '.join(KNOWN_DATASETS)})")
+    known = list(KNOWN_DATASETS)
+    registry = sys.modules.get("sdsnn.data")  # datasets registered by plugins, when already imported
+    if registry is not None:
+        known += [n for n in getattr(registry, "DATASETS", {}) if n not in known]
+    if spec.dataset not in known:
+        fail("dataset", f"unknown dataset '{spec.dataset}' (choose one of {', '.join(known)})")
     if "dataset" in (spec.experiment.get("data") or {}):
         fail("experiment.data.dataset", "set the dataset with the top-level 'dataset' field instead")
 

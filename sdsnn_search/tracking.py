@@ -29,6 +29,8 @@ __all__ = [
     "end_study_run",
     "MlflowTracker",
     "code_version",
+    "serve_ui",
+    "reopen_study_run",
     "TRIAL_TAG",
 ]
 
@@ -268,3 +270,48 @@ def _error_line(trial) -> str:
     except Exception:  # pragma: no cover - best effort
         pass
     return "error"
+
+
+def serve_ui(study_dir: str | Path, *, port: int = 5000, echo=print, wait: bool = True):
+    """Start ``mlflow ui`` bound to 127.0.0.1 for the study's store; print its address.
+
+    With ``wait=False`` the server process is returned (the caller stops it).
+    """
+    import json
+    import socket
+    import sys
+
+    from sdsnn.errors import UserError
+
+    p = Path(study_dir) / "study.json"
+    if not p.is_file():
+        raise UserError(f"{study_dir}: not a study folder (no study.json); give a folder made by 'sdsnn-search run'")
+    info = json.loads(p.read_text())
+    uri = info.get("tracking_uri") or default_tracking_uri(Path(study_dir))
+    if not uri.startswith("sqlite:"):
+        echo(f"this study logs to the tracking server {uri}; open it there")
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserError(f"--port {port}: already in use on 127.0.0.1; pick another with --port") from None
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port)]
+    art = Path(study_dir).resolve() / "mlartifacts"
+    if art.exists():
+        cmd += ["--default-artifact-root", art.as_uri()]
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    proc = subprocess.Popen(cmd, env=env)
+    echo(f"MLflow UI for {Path(study_dir).name}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    if not wait:
+        return proc
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return None
