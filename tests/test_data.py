@@ -327,3 +327,60 @@ def test_dvsgesture_synthetic_through_tonic_layout(tmp_path, data_cache_dir):
     # denoising removes isolated random events
     bd = build_loaders(cfg.model_copy(update={"denoise_us": 1000.0}), seed=0, progress=False)
     assert float(bd.test.x.float().sum()) < 0.5 * float(xt.sum())
+
+
+# ----------------------------------------------------------------------------- download path (local server)
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    head = (0x0800 | arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return head + arr.astype(np.uint8).tobytes()
+
+
+def test_fetch_mnist_downloads_verifies_and_writes_atomically(tmp_path, monkeypatch):
+    import gzip
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    import sdsnn.data.images as images
+
+    srv_dir = tmp_path / "srv"
+    srv_dir.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(30) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(10),
+    }
+    md5 = {}
+    for name, arr in arrays.items():
+        blob = gzip.compress(_idx_bytes(arr))
+        (srv_dir / (name + ".gz")).write_bytes(blob)
+        md5[name] = hashlib.md5(blob).hexdigest()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+    handler = partial(Quiet, directory=str(srv_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(images, "MNIST_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        root = tmp_path / "root"
+        # a wrong checksum: one-line error, nothing written
+        monkeypatch.setattr(images, "MNIST_GZ_MD5", {**md5, "t10k-labels-idx1-ubyte": "0" * 32})
+        res = CliRunner().invoke(cli_main, ["data", "fetch", "mnist", "--data-root", str(root)])
+        assert res.exit_code == 2 and "md5 mismatch" in res.output and not root.exists()
+        # the real thing
+        monkeypatch.setattr(images, "MNIST_GZ_MD5", md5)
+        res = CliRunner().invoke(cli_main, ["data", "fetch", "mnist", "--data-root", str(root)])
+        assert res.exit_code == 0, res.output
+    finally:
+        server.shutdown()
+    assert sorted(p.name for p in (root / "MNIST" / "raw").iterdir()) == sorted(arrays)
+    b = build_loaders(DataConfig(dataset="mnist", data_root=str(root), val_fraction=0.1), seed=0)
+    assert b.sizes == {"train": 27, "val": 3, "test": 10}
+    assert torch.equal(b.test.y, torch.arange(10))
+    x_test = next(iter(b.test))[0][0, :, 0]  # first time step, channel 0: [10, 28, 28]
+    assert torch.allclose(x_test, torch.from_numpy(arrays["t10k-images-idx3-ubyte"] / 255.0).float(), atol=1e-6)
