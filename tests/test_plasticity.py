@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from sdsnn.config import PlasticityConfig
 from sdsnn.errors import ConfigError
@@ -103,9 +104,12 @@ def test_masked_weights_stay_exactly_zero_under_adamw_with_weight_decay():
     assert (~masks["conv1"].neuron).sum() == 3  # K = floor(6 * rho / 100) with rho just above 50
     assert masks["out"].group.all() and masks["out"].neuron.all()  # output layer untouched
     st = sd.stats()
-    live_w = sum(_live_count(li, masks[li.name]) for li in layers[:2])
+    # effective live weights: fc1 columns reading from a pruned conv1 channel (16 per channel) are dead
+    src = masks["conv1"].neuron.repeat_interleave(16)
+    live_w = _live_count(layers[0], masks["conv1"]) + int((masks["fc1"].group & src[None, :]).sum())
     all_w = sum(li.weight.numel() for li in layers[:2])
     assert st["syn_prune_rate"] == pytest.approx(1 - live_w / all_w)
+    assert live_w < sum(_live_count(li, masks[li.name]) for li in layers[:2])
     assert st["neuron_prune/conv1"] == pytest.approx(0.5)
 
 
@@ -456,4 +460,257 @@ def test_prune_output_layer_develops_output_weights_but_keeps_its_neurons():
     assert m["out"].neuron.all() and int((~m["fc1"].neuron).sum()) == 5
     st = sd.stats()
     assert "syn_prune/out" in st and "rho/out" not in st and "neuron_prune/out" not in st
-    assert st["syn_prune_rate"] == pytest.approx(5 * 4 / (40 + 30))
+    # fc1: 5 pruned rows of 4 weights; out: the 5 columns of 3 weights reading from them
+    assert st["syn_prune_rate"] == pytest.approx((5 * 4 + 5 * 3) / (40 + 30))
+    assert st["syn_prune/out"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- effective synaptic pruning rate
+def test_syn_prune_rate_counts_weights_from_pruned_neurons_as_dead():
+    """conv1 (1 -> 2 ch, 3x3 on 4x4 -> 2x2) -> fc1 (8 -> 3) -> out (3 -> 2), masks set by hand.
+
+    conv1 channel 1 pruned: conv1 keeps 9 of 18 weights (rate 1/2). fc1 reads the flattened
+    [2, 2, 2] map, so channel 1 feeds columns 4..7: 3 * 4 = 12 weights dead; fc1 neuron 0 pruned
+    masks its row (8 weights, 4 of them already dead): live 24 - 12 - 4 = 8 (rate 16/24).
+    Overall: 1 - (9 + 8) / (18 + 24) = 25/42. With prune_output_layer, out loses the column of
+    fc1 neuron 0: 2 of 6 weights, and the overall rate is 1 - (9 + 8 + 4) / 48 = 27/48.
+    """
+    for prune_out in (False, True):
+        torch.manual_seed(0)
+        conv, fc, out = nn.Conv2d(1, 2, 3), nn.Linear(8, 3), nn.Linear(3, 2)
+        layers = [
+            LayerInfo("conv1", conv, "conv", spiking_input=False),
+            LayerInfo("fc1", fc, "fc"),
+            LayerInfo("out", out, "fc", is_output=True),
+        ]
+        sd = StructuralDevelopment(layers, PlasticityConfig(prune_output_layer=prune_out), num_outputs=2)
+        assert sd.stats()["syn_prune_rate"] == 0.0
+        state = sd.state_dict()
+        c, f = state["layers"]["conv1"], state["layers"]["fc1"]
+        c["neuron"][1] = False
+        c["group"][1] = False
+        f["neuron"][0] = False
+        f["group"][0] = False
+        sd.load_state_dict(state)
+        st = sd.stats()
+        assert st["syn_prune/conv1"] == pytest.approx(0.5)
+        assert st["syn_prune/fc1"] == pytest.approx(16 / 24)
+        assert st["neuron_prune_rate"] == pytest.approx(2 / 5)
+        if prune_out:
+            assert st["syn_prune/out"] == pytest.approx(2 / 6)
+            assert st["syn_prune_rate"] == pytest.approx(27 / 48)
+        else:
+            assert "syn_prune/out" not in st
+            assert st["syn_prune_rate"] == pytest.approx(25 / 42)
+        # the masks themselves are unchanged: only the pruned neurons' own groups are masked
+        m = sd.masks()
+        assert int(m["fc1"].group.sum()) == 16 and bool(m["fc1"].group[1:, 4:].all())
+        assert bool(m["out"].group.all())
+
+
+# ---------------------------------------------------------------- regrowth signal behind BatchNorm
+def _prune_one_behind_bn(layer: nn.Module, norm: nn.Module, kind: str, x_fn, loss_fn, opt_params):
+    """Develop steps 0..3 with N = 1 and rho 25 % on a 4-neuron layer behind BN: one neuron pruned
+    at step 3, so the regrowth signal (and the BN-bypass probe) is on from step 4."""
+    out = nn.Linear(4, 2)
+    layers = [LayerInfo("l1", layer, kind, norm, spiking_input=False), LayerInfo("out", out, "fc", is_output=True)]
+    cfg = PlasticityConfig(spine_window=1, rho_init_conv=25, rho_init_fc=25, regrow_window=1000)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=2)
+    opt = torch.optim.SGD(opt_params, lr=0.05)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        for _ in range(2):
+            x = x_fn(gen)
+            opt.zero_grad()
+            loss_fn(norm(layer(x))).backward()
+            sd.after_backward()
+            opt.step()
+            sd.after_optimizer_step(opt)
+        sd.develop(opt)
+    dead = ~sd.masks()["l1"].neuron
+    assert int(dead.sum()) == 1
+    return sd, dead
+
+
+@pytest.mark.parametrize("kind", ["conv", "fc"])
+def test_regrowth_signal_behind_batchnorm_matches_identity_bn_autograd(kind):
+    """After pruning, the signal of the pruned neuron's groups is the weight gradient with that
+    channel's BN replaced by the identity (autograd on the same layer), and nonzero; live rows keep
+    their ordinary gradient."""
+    torch.manual_seed(1)
+    if kind == "conv":
+        layer, norm = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4)
+
+        def x_fn(gen):
+            return torch.randn(6, 3, 7, 7, generator=gen)
+
+        def fwd(w, x, norm_fn):
+            return norm_fn(F.conv2d(x, w, None, stride=2, padding=1))
+    else:
+        layer, norm = nn.Linear(6, 4, bias=False), nn.BatchNorm1d(4)
+
+        def x_fn(gen):
+            return torch.randn(10, 6, generator=gen)
+
+        def fwd(w, x, norm_fn):
+            return norm_fn(F.linear(x, w))
+
+    target = torch.randn(4, generator=torch.Generator().manual_seed(9))
+
+    def loss_fn(y):  # nonlinear, like a spiking neuron's surrogate: nonzero gradient at y = 0
+        t = target.reshape((1, 4) + (1,) * (y.dim() - 2))
+        return (torch.tanh(y + 0.3) * t).sum()
+
+    sd, dead = _prune_one_behind_bn(layer, norm, kind, x_fn, loss_fn, list(layer.parameters()) + list(norm.parameters()))
+    assert torch.all(layer.weight.detach()[dead] == 0) and torch.all(norm.weight.detach()[dead] == 0)
+
+    x = x_fn(torch.Generator().manual_seed(11))
+    layer.zero_grad()
+    loss_fn(norm(layer(x))).backward()
+    assert torch.all(layer.weight.grad[dead] == 0)  # BN weight 0 blocks the ordinary gradient
+    ordinary = layer.weight.grad.clone()
+    sd.after_backward()
+    acc = sd.state_dict()["layers"]["l1"]["grad_acc"]
+
+    # autograd reference: the same layer, BN acting as the identity for the pruned channel only
+    w = layer.weight.detach().clone().requires_grad_(True)
+    dmask = dead.reshape((1, 4) + (1,) * (x.dim() - 2))
+
+    def norm_fn(z):
+        bn = F.batch_norm(z, None, None, norm.weight.detach(), norm.bias.detach(), training=True, eps=norm.eps)
+        return torch.where(dmask, z, bn)
+
+    loss_fn(fwd(w, x, norm_fn)).backward()
+    ref = w.grad
+    assert float(ref[dead].abs().sum()) > 0
+    torch.testing.assert_close(acc[dead], ref[dead], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(acc[~dead], ordinary[~dead])
+    # evaluation (autograd off) leaves nothing pending
+    with torch.no_grad():
+        norm(layer(x))
+    assert sd._layers[0].probe is not None and sd._layers[0].probe.take() is None
+
+
+def test_probe_only_while_accumulating_and_with_pruned_neurons():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4)
+    out = nn.Linear(4, 2)
+    layers = [LayerInfo("c", conv, "conv", bn, spiking_input=False), LayerInfo("out", out, "fc", is_output=True)]
+    sd = StructuralDevelopment(layers, PlasticityConfig(spine_window=1, rho_init_conv=25), num_outputs=2)
+    for _ in range(3):
+        sd.develop(None)
+        assert not conv._forward_hooks and not bn._forward_hooks  # nothing pruned yet
+    sd.develop(None)  # s = 3 prunes one channel
+    assert len(conv._forward_hooks) == 1 and len(bn._forward_hooks) == 1
+    sd.develop(None)  # same pruned set: the same hooks stay
+    assert len(conv._forward_hooks) == 1 and len(bn._forward_hooks) == 1
+    state = sd.state_dict()
+    sd.remove_hooks()
+    assert not conv._forward_hooks and not bn._forward_hooks
+    sd.load_state_dict(state)  # restored structure re-installs them
+    assert len(conv._forward_hooks) == 1 and len(bn._forward_hooks) == 1
+
+
+def test_static_input_first_layer_signal_is_summed_over_time():
+    """A SpikingNet (convnet + BN + LIF, static input: conv1 runs once on x[0] and is broadcast
+    over T). The signal of a pruned conv1 channel equals autograd on a twin network whose conv1 BN
+    is the identity for that channel."""
+    from sdsnn.config import ModelConfig
+    from sdsnn.models import build_model
+
+    mcfg = ModelConfig(name="convnet", depth=1, width=4, fc_width=0, batch_norm=True)
+
+    def make():
+        torch.manual_seed(4)
+        return build_model(mcfg, (1, 6, 6), 3, static_input=True)
+
+    net = make()
+    layers = net.prunable_layers()
+    sd = StructuralDevelopment(layers, PlasticityConfig(spine_window=1), num_outputs=3)
+    state = sd.state_dict()
+    state["step"] = 3  # signal phase (s > 2N) with channel 2 pruned
+    state["layers"]["conv1"]["neuron"][2] = False
+    state["layers"]["conv1"]["group"][2] = False
+    sd.load_state_dict(state)
+    from sdsnn.structure import apply_masks
+
+    apply_masks(layers, sd.masks())
+    twin = make()
+    twin.load_state_dict(net.state_dict())
+    dead = ~sd.masks()["conv1"].neuron
+    bn = twin.blocks[0].norm
+
+    class IdentityFor(nn.Module):
+        def forward(self, z):
+            return torch.where(dead.reshape(1, -1, 1, 1), z, bn(z))
+
+    twin.blocks[0].norm = IdentityFor()
+    x = (torch.rand(1, 5, 1, 6, 6, generator=torch.Generator().manual_seed(0)) * 3).expand(4, 5, 1, 6, 6)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    for model in (net, twin):
+        model.train()
+        F.cross_entropy(model(x) * 4, y).backward()
+        model.reset()
+    sd.after_backward()
+    acc = sd.state_dict()["layers"]["conv1"]["grad_acc"]
+    ref = twin.blocks[0].layer.weight.grad
+    assert float(ref[dead].abs().sum()) > 0
+    torch.testing.assert_close(acc[dead], ref[dead], rtol=1e-4, atol=1e-7)
+
+
+def test_regrowth_revives_a_neuron_behind_batchnorm():
+    """An mlp with BatchNorm (LIF neurons) trained with development: neurons pruned behind BN get
+    a regrowth signal, so regeneration brings some back (impossible when the BN blocks it)."""
+    from sdsnn.config import ModelConfig
+    from sdsnn.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(name="mlp", depth=1, width=16, batch_norm=True), (1, 4, 4), 3)
+    layers = net.prunable_layers()
+    assert layers[0].norm is not None
+    cfg = PlasticityConfig(spine_window=1, regrow_window=1, rho_init_fc=25, regrow_p0_fc=0.0, regrow_p_max=50.0)
+    sd = StructuralDevelopment(layers, cfg, num_outputs=3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(5)
+    protos = torch.rand(3, 1, 4, 4, generator=gen)
+    revived = 0
+    for _ in range(8):
+        for _ in range(4):
+            y = torch.randint(0, 3, (16,), generator=gen)
+            x = (torch.rand(4, 16, 1, 4, 4, generator=gen) < protos[y] * 0.8).float()
+            opt.zero_grad()
+            F.cross_entropy(net(x) * 4, y).backward()
+            net.reset()
+            sd.after_backward()
+            opt.step()
+            sd.after_optimizer_step(opt)
+        revived += sd.develop(opt)["revived"]
+    assert revived >= 1
+    m = sd.masks()["fc1"]
+    bnw = layers[0].norm.weight.detach()
+    assert torch.all(bnw[~m.neuron] == 0)  # still-pruned neurons stay silenced
+
+
+@pytest.mark.parametrize(
+    "conv_kw",
+    [
+        dict(stride=2, padding=1, dilation=1),
+        dict(stride=1, padding="same", dilation=2, padding_mode="reflect"),
+        dict(stride=1, padding=1, groups=2),
+    ],
+)
+def test_rows_weight_grad_matches_autograd(conv_kw):
+    from sdsnn.plasticity import rows_weight_grad
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, bias=False, **conv_kw)
+    x = torch.randn(3, 4, 9, 9)
+    g = torch.randn_like(conv(x))
+    (conv(x) * g).sum().backward()
+    rows = torch.tensor([1, 4])
+    torch.testing.assert_close(rows_weight_grad(conv, x, g[:, rows], rows), conv.weight.grad[rows])
+    fc = nn.Linear(5, 3)
+    xf, gf = torch.randn(7, 5), torch.randn(7, 3)
+    (fc(xf) * gf).sum().backward()
+    r = torch.tensor([2])
+    torch.testing.assert_close(rows_weight_grad(fc, xf, gf[:, r], r), fc.weight.grad[r])

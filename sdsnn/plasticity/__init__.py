@@ -6,7 +6,14 @@ that they can be tested and reused one by one.
 
 from .development import StructuralDevelopment, reset_optimizer_state
 from .pruning import neuron_scores, num_to_prune, select_pruned, spine_size
-from .regeneration import group_signal, percentile, regrow_percentile, update_regrowth
+from .regeneration import (
+    NormBypassProbe,
+    group_signal,
+    percentile,
+    regrow_percentile,
+    rows_weight_grad,
+    update_regrowth,
+)
 from .spines import SPINE_KEYS, adapt_spines, constrain_, init_spines, record_history
 from .trophic import surviving_neurons, trophic_alpha, update_rho
 
@@ -22,6 +29,8 @@ __all__ = [
     "percentile",
     "group_signal",
     "update_regrowth",
+    "rows_weight_grad",
+    "NormBypassProbe",
     "spine_size",
     "neuron_scores",
     "num_to_prune",

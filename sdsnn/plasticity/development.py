@@ -27,8 +27,16 @@ Interpretations where docs/sd-snn.md leaves a choice (each is documented at its 
 - pruned neurons rank below every alive neuron (not just "score 0"), so ties at 0 never let an
   alive neuron take a pruned neuron's place in the K lowest;
 - the regrowth signal is only accumulated from step 2N + 1 on (it is reset at every step and
-  not read before); with BatchNorm, a pruned neuron's zeroed BN weight blocks the gradient to
-  its input weights, so its groups get no signal and only BN-free layers can revive neurons.
+  not read before);
+- behind a BatchNorm, a pruned neuron's zeroed BN weight blocks the gradient to its input
+  weights. For such neurons the signal is the gradient their weights would get with the neuron
+  alive and its BN acting as the identity (scale 1, shift 0): the gradient at the BN output
+  (the spiking neuron's input) times the layer's input
+  (:class:`~sdsnn.plasticity.regeneration.NormBypassProbe`). Hooks for it exist only on BN
+  layers with pruned neurons during the regeneration phase, and cost work proportional to the
+  pruned channels;
+- the synaptic pruning rate counts a weight as live only when its group is live and its source
+  neuron (previous layer) is alive; see :meth:`StructuralDevelopment.stats`.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from ..config import PlasticityConfig
 from ..errors import ConfigError
 from ..structure import LayerInfo, LayerMask, expand_group_mask
 from .pruning import neuron_scores, num_to_prune, select_pruned, spine_size
-from .regeneration import group_signal, regrow_percentile, update_regrowth
+from .regeneration import NormBypassProbe, group_signal, regrow_percentile, update_regrowth
 from .spines import SPINE_KEYS, adapt_spines, constrain_, init_spines, record_history
 from .trophic import surviving_neurons, trophic_alpha, update_rho
 
@@ -94,6 +102,7 @@ class _Layer:
         self.neuron = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
         self.rho = float(rho)
         self.spine: Optional[dict[str, torch.Tensor]] = None
+        self.probe: Optional[NormBypassProbe] = None  # regrowth signal of pruned neurons behind BN
         if develops:
             self.grad_acc = torch.zeros_like(w, memory_format=torch.contiguous_format).detach()
             self.c_grow = torch.zeros(self.group.shape, dtype=torch.int32, device=w.device)
@@ -186,18 +195,22 @@ class StructuralDevelopment:
         """After ``loss.backward()``: accumulate the regrowth signal, then zero masked gradients.
 
         The weight's gradient is the gradient with respect to the effective (masked) weight,
-        since masked entries hold exactly 0. Gradients of masked weights and of the bias / BN
+        since masked entries hold exactly 0. For pruned neurons behind a BatchNorm the signal
+        comes from the BN-bypass probe instead (the gradient with the BN as identity). Gradients of masked weights and of the bias / BN
         parameters of pruned neurons are zeroed so the optimizer never moves them.
         """
         # the signal is only read from step 2N + 1 on (and reset at every step)
         accumulate = self.step > 2 * self.window
         for L in self._layers:
             w = L.li.weight
-            if w.grad is not None:
-                if accumulate and L.develops:
-                    L.grad_acc.add_(w.grad)
-                if not L.all_live:
-                    w.grad.mul_(L.wmask)
+            if w.grad is not None and accumulate and L.develops:
+                L.grad_acc.add_(w.grad)
+            if L.probe is not None:
+                extra = L.probe.take()  # rows of pruned neurons behind BN (exactly 0 in w.grad)
+                if extra is not None and accumulate and L.develops:
+                    L.grad_acc.index_add_(0, L.probe.rows, extra.to(L.grad_acc.dtype))
+            if w.grad is not None and not L.all_live:
+                w.grad.mul_(L.wmask)
             if not L.all_alive:
                 for p in _neuron_params(L.li):
                     if p.grad is not None:
@@ -317,8 +330,35 @@ class StructuralDevelopment:
                 L.grad_acc.zero_()
         self.history = min(self.history + 1, 2)
         self.step = s + 1
+        self._sync_probes()
         self.last = {k: int(out[k]) for k in ("pruned", "regrown", "pruned_groups", "revived")}
         return out
+
+    def _sync_probes(self) -> None:
+        """(Re)install the BN-bypass probes: one per BN layer with pruned neurons, only while the
+        regrowth signal is accumulated (step > 2N); removed everywhere else."""
+        accumulate = self.step > 2 * self.window
+        for L in self._layers:
+            want = accumulate and L.develops and L.li.norm is not None and not L.all_alive
+            if want:
+                rows = (~L.neuron).nonzero().reshape(-1)
+                if L.probe is not None and torch.equal(L.probe.rows, rows):
+                    L.probe.clear()
+                    continue
+                if L.probe is not None:
+                    L.probe.remove()
+                L.probe = NormBypassProbe(L.li.module, L.li.norm, rows)
+            elif L.probe is not None:
+                L.probe.remove()
+                L.probe = None
+
+    def remove_hooks(self) -> None:
+        """Unregister every hook this object put on the model (they come back at the next
+        :meth:`develop` or :meth:`load_state_dict`)."""
+        for L in self._layers:
+            if L.probe is not None:
+                L.probe.remove()
+                L.probe = None
 
     @torch.no_grad()
     def _revive_neuron_params(self, L: _Layer, revived: torch.Tensor, optimizer) -> None:
@@ -350,14 +390,50 @@ class StructuralDevelopment:
         """Neuron pruning rate (percent) per hidden layer."""
         return {L.li.name: L.rho for L in self._hidden()}
 
+    def _source_alive(self, i: int) -> Optional[torch.Tensor]:
+        """bool [in] per input group of layer ``i``: is its source neuron alive? None: all alive.
+
+        The first layer's sources are the inputs (always alive). Layers are a chain in forward
+        order; an FC layer after a conv layer reads the flattened [C, H, W] map, so each source
+        channel covers ``in_features / C`` consecutive columns.
+        """
+        if i == 0:
+            return None
+        prev = self._layers[i - 1]
+        if prev.all_alive:
+            return None
+        fan_in = self._layers[i].group.shape[1]
+        c = prev.neuron.numel()
+        if fan_in == c:
+            return prev.neuron
+        if fan_in % c == 0:
+            return prev.neuron.repeat_interleave(fan_in // c)
+        raise ValueError(
+            f"layer {self._layers[i].li.name}: fan-in {fan_in} is not a multiple of the "
+            f"{c} neurons of layer {prev.li.name}; the layers must be given in forward order"
+        )
+
     def stats(self) -> dict[str, float]:
-        """Flat metrics: overall and per-layer synaptic / neuron pruning rates, rho, last step's counts."""
+        """Flat metrics: overall and per-layer synaptic / neuron pruning rates, rho, last step's counts.
+
+        ``syn_prune_rate`` / ``syn_prune/<layer>``: 1 - effective live weights / all weights over
+        the developing layers (the output layer only with ``prune_output_layer``). A weight is
+        effectively live when its synapse group is live AND its source neuron (in the previous
+        layer) is alive: a weight reading from a pruned neuron can never carry a spike and
+        compaction removes it, although the masks keep it. The first layer's sources are the
+        inputs (always alive); for an FC layer after a conv layer, each channel of the conv covers
+        ``in_features / channels`` consecutive columns. The masks themselves are not changed.
+        """
         out: dict[str, float] = {}
         live_w = all_w = 0
         dead_n = all_n = 0
-        for L in self._dev():
+        for i, L in enumerate(self._layers):
+            if not L.develops:
+                continue
             gs = L.li.group_size
-            lw = int(L.group.sum()) * gs
+            src = self._source_alive(i)
+            live = L.group if src is None else L.group & src[None, :]
+            lw = int(live.sum()) * gs
             aw = L.group.numel() * gs
             live_w += lw
             all_w += aw
@@ -425,3 +501,4 @@ class StructuralDevelopment:
         self.step = int(state["step"])
         self.history = int(state["history"])
         self.last = {k: int(v) for k, v in state["last"].items()}
+        self._sync_probes()
