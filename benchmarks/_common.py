@@ -12,6 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "benchmarks"
 
+# Benchmarks run on the real datasets: default the data root to ../shared/datasets (beside the
+# project) plus the project's cache (where CI builds CIFAR-10), unless the caller chose one.
+_shared = ROOT.parent / "shared" / "datasets"
+if _shared.is_dir():
+    os.environ.setdefault("SDSNN_DATA_ROOT", os.pathsep.join([str(_shared), str(ROOT / "cache" / "data")]))
+
 
 def machine() -> dict:
     import torch
