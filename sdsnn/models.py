@@ -118,9 +118,12 @@ def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
     thr = neuron.v_threshold
     out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
     for t in range(x_seq.shape[0]):
-        d = x_seq[t] - v
-        d = d * q if q is not None else d / tau
-        h = v + d
+        h = torch.sub(x_seq[t], v)
+        if q is not None:
+            h.mul_(q)
+        else:
+            h.div_(tau)
+        h.add_(v)  # h = v + (x - v) / tau, in place
         s = h >= thr
         out[t] = s
         v = h.masked_fill_(s, 0.0)
