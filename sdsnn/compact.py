@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -216,3 +218,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SpikingN
         raise UserError(f"{wf}: weights do not match model.json ({type(e).__name__}); re-export the model") from None
     model.meta = doc.get("meta", {})  # type: ignore[attr-defined]
     return model.to(device).eval()
+
+
+class _CallableModule(types.ModuleType):
+    """``sdsnn.compact`` names both this module and its main function (exported lazily by the
+    package): once the module is imported, the package attribute is the module.  Calling the
+    module calls :func:`compact`, so ``sdsnn.compact(model, masks)`` works either way."""
+
+    def __call__(self, model: SpikingNet, masks: Optional[Mapping[str, LayerMask]]) -> SpikingNet:
+        return compact(model, masks)
+
+
+sys.modules[__name__].__class__ = _CallableModule

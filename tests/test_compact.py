@@ -146,3 +146,15 @@ def test_load_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a valid sdsnn model") as e:
         load_model(tmp_path / "m")
     assert "\n" not in str(e.value)
+
+
+def test_package_level_compact_works_whichever_import_came_first():
+    import sdsnn
+    import sdsnn.compact as mod  # makes the package attribute the module
+
+    model = build_model(ModelConfig(name="mlp", depth=1, width=4), (1, 2, 2), 2)
+    masks = {li.name: LayerMask(torch.ones(li.weight.shape[:2], dtype=torch.bool),
+                                torch.tensor([True] * li.num_neurons)) for li in model.prunable_layers()}
+    masks["fc1"].neuron[1:] = False
+    for fn in (sdsnn.compact, mod.compact):
+        assert fn(model, masks).widths == [1]
