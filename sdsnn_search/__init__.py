@@ -16,6 +16,7 @@ _LAZY.update({
     "load_study": "sdsnn_search.pareto",
     "ParetoResult": "sdsnn_search.pareto",
     "write_report": "sdsnn_search.report",
+    "export_study": "sdsnn_search.export",
 })
 # ---- end pareto / export / ui ----
 

@@ -81,9 +81,12 @@ def data_fetch(name, data_root) -> None:
 def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resume) -> None:
     """Train one experiment without Ray and print it against its dense baseline."""
     from sdsnn.cli_support import load_train_config, default_out_dir
-    from sdsnn.compare import train_against_dense
+    from sdsnn.data import ensure_available
 
     cfg = load_train_config(config_path, dataset=dataset, epochs=epochs, data_root=data_root, sets=sets)
+    ensure_available(cfg.data)  # before torch is imported: a missing dataset fails at once
+    from sdsnn.compare import train_against_dense
+
     out = out_dir or default_out_dir(cfg)
     comp = train_against_dense(cfg, out, baseline=baseline, resume=resume)
     from rich.console import Console
@@ -202,6 +205,30 @@ def pareto(dirs, out_dir, log_mlflow) -> None:
             for n in w.notes:
                 click.echo(f"  note: {n}")
 
+
+@main.command("export")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--pick", type=click.Choice(["knee", "best-accuracy", "lowest-energy", "all-pareto"]),
+              default="knee", show_default=True, help="Which Pareto trial(s) to export.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for the exported models (one sub-folder per pick).")
+@click.option("--register/--no-register", default=True,
+              help="Register in the study's MLflow model registry with an alias named after the pick.")
+def export_cmd(study_dir, pick, out_dir, register) -> None:
+    """Export Pareto-picked trials as compact models (safetensors + JSON) with a model card."""
+    from sdsnn_search.export import export_study
+
+    for e in export_study(study_dir, pick, out_dir, register=register):
+        t, p, s = e.card["test"], e.card["parameters"], e.card["speed"]
+        click.echo(f"{e.alias}: trial {e.trial_id} -> {e.folder}")
+        click.echo(f"  test acc {t['acc']:.4f} on {t['samples']} samples; predictions after reload: "
+                   f"{'identical' if e.identical_predictions else 'DIFFERENT'} to the checkpoint")
+        click.echo(f"  parameters {p['compact']:,} (dense {p['dense']:,}); inference {s['compact_ms']:.4f} ms/sample "
+                   f"(dense {s['dense_ms']:.4f})")
+        if e.registered:
+            click.echo(f"  registered: {e.registered['uri']} (version {e.registered['version']})")
+        for n in e.notes:
+            click.echo(f"  note: {n}")
 
 
 if __name__ == "__main__":  # pragma: no cover

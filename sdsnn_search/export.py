@@ -1,0 +1,385 @@
+"""Export Pareto-best trials as compact models with a model card, and register them in MLflow.
+
+``export_study(study_dir, pick, out_dir)`` picks trials of the study's Pareto front
+(``knee``, ``best-accuracy``, ``lowest-energy`` or ``all-pareto``) and, for each one:
+
+1. restores the trial's trained network and masks from its checkpoint (``sdsnn.train.restore``);
+2. compacts it (``sdsnn.compact``: pruned neurons physically removed) and saves it as
+   ``model.safetensors`` + ``model.json`` (no pickle);
+3. loads the saved folder back with ``sdsnn.load_model`` and checks, on the **whole test set**,
+   that it predicts exactly what the checkpoint network predicts (the test set is touched here,
+   at export, and nowhere in the search);
+4. measures test metrics, parameter counts (of the saved and of the dense network), mask-aware
+   energy on test inputs, and inference time of the compact and the dense (masked) network on the
+   same test batches;
+5. writes ``MODEL_CARD.md`` and ``card.json`` and renames the finished folder into place;
+6. logs the folder as artifacts of the trial's MLflow run and registers it in the model registry
+   (artifact-based model version: safetensors + JSON) with an alias (``knee``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from sdsnn.errors import UserError
+
+from .pareto import ParetoResult, Study, analyze
+
+__all__ = ["PICKS", "Exported", "pick_trials", "export_trial", "export_study"]
+
+PICKS = ("knee", "best-accuracy", "lowest-energy", "all-pareto")
+
+
+@dataclass
+class Exported:
+    """One exported model and what was measured at export."""
+
+    trial_id: str
+    alias: str
+    folder: Path
+    identical_predictions: bool
+    test_samples: int
+    card: dict
+    registered: Optional[dict] = None  # {"name", "version", "alias", "source"}
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- picking
+
+
+def _metric_of(res: ParetoResult, pattern: str, mode: str, fallback: str) -> str:
+    for o in res.objectives:
+        if o.mode == mode and pattern in o.metric:
+            return o.metric
+    if fallback in res.front.columns:
+        return fallback
+    raise UserError(f"study has no '{fallback}' metric to pick by; use --pick knee or all-pareto")
+
+
+def _alias(text: str) -> str:
+    a = re.sub(r"[^\w\-]", "-", text)
+    return "t" + a if re.fullmatch(r"[vV]\d+", a) or a.lower() == "latest" else a
+
+
+def pick_trials(res: ParetoResult, pick: str) -> list[tuple[str, pd.Series]]:
+    """(alias, front row) pairs for ``pick``; ``all-pareto`` gives every front member (alias pareto-<id>)."""
+    if pick not in PICKS:
+        raise UserError(f"--pick {pick!r} is not one of {', '.join(PICKS)}")
+    if pick == "knee":
+        return [("knee", res.knee)]
+    if pick == "best-accuracy":
+        return [("best-accuracy", res.best(_metric_of(res, "acc", "max", "val_acc"), "max"))]
+    if pick == "lowest-energy":
+        return [("lowest-energy", res.best(_metric_of(res, "energy", "min", "energy_pj"), "min"))]
+    return [(_alias(f"pareto-{r['trial_id']}"), r) for _, r in res.front.iterrows()]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _outputs(model, loader) -> "Any":
+    """Output spike rates of ``model`` over a whole loader, in loader order."""
+    import torch
+
+    model.eval()
+    out, labels = [], []
+    with torch.no_grad():
+        for x, y in loader:
+            out.append(model(x).detach().cpu())
+            model.reset()
+            labels.append(y)
+    return torch.cat(out), torch.cat(labels)
+
+
+def _time_per_sample_ms(models: list, batches: list, repeats: int = 5) -> list[float]:
+    """Median wall time per sample (ms) of a forward pass over ``batches``, for each model.
+
+    The models take turns within every repeat (after one warm-up pass each), so that a slower or
+    busier moment of the machine affects them alike.
+    """
+    import torch
+
+    samples = sum(int(x.shape[1]) for x in batches)
+    times: list[list[float]] = [[] for _ in models]
+    with torch.no_grad():
+        for r in range(repeats + 1):
+            for i, model in enumerate(models):
+                t0 = time.perf_counter()
+                for x in batches:
+                    model(x)
+                    model.reset()
+                dt = time.perf_counter() - t0
+                if r > 0:
+                    times[i].append(dt)
+    return [1000.0 * statistics.median(t) / max(samples, 1) for t in times]
+
+
+def _n_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _n_nonzero(model) -> int:
+    return int(sum(int((p != 0).sum()) for p in model.parameters()))
+
+
+def _num(v: Any) -> Optional[float]:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+# ----------------------------------------------------------------------------- card
+
+
+def _card_md(card: dict) -> str:
+    t, m, p, e, s = card["test"], card["trial_metrics"], card["parameters"], card["energy_test"], card["speed"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        f"A spiking network trained with SD-SNN structural development and compacted (pruned neurons "
+        f"removed). Picked as **{card['alias']}** from the Pareto front of study `{card['study']}` "
+        f"(trial `{card['trial_id']}`) on dataset **{card['dataset']}**.",
+        "",
+        "## Test-set metrics (evaluated at export)",
+        "",
+        f"- accuracy: **{pct(t['acc'])}**, loss {t['loss']:.4f}, on {t['samples']} test samples",
+        f"- predictions of the exported model loaded with `sdsnn.load_model` vs the trial's checkpoint "
+        f"network: **{'identical' if t['identical_predictions'] else 'DIFFERENT'}** on all "
+        f"{t['samples']} test samples (largest output-rate difference {t['max_abs_rate_diff']:.3g})",
+        "",
+        "## Structure and cost",
+        "",
+        f"- parameters: {p['compact']:,} stored (dense network: {p['dense']:,}, "
+        f"{p['compact'] / max(p['dense'], 1):.3f}x); non-zero: {p['compact_nonzero']:,}",
+        f"- synaptic pruning rate {pct(m.get('syn_prune_rate'))}, neuron pruning rate "
+        f"{pct(m.get('neuron_prune_rate'))}; hidden widths {card['widths']['dense']} -> {card['widths']['compact']}",
+        f"- energy per sample on test inputs: {e['energy_pj']:.4g} pJ (dense architecture: "
+        f"{e['dense_energy_pj']:.4g} pJ, ratio {e['energy_ratio']:.3f}); {e['sops']:.4g} SOPs, {e['macs']:.4g} MACs",
+        f"- inference time per sample ({s['device']}, {s['threads']} threads, batch {s['batch_size']}, "
+        f"{card['time_steps']} time steps, median of {s['repeats']} passes over {s['samples']} test samples): "
+        f"compact {s['compact_ms']:.4f} ms, dense {s['dense_ms']:.4f} ms (speed-up {s['speedup']:.2f}x)",
+        "",
+        "## Search-time metrics of the trial (validation set)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for k, v in m.items():
+        lines.append(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    deltas = card.get("vs_dense_baseline") or {}
+    if deltas:
+        lines += ["", "Against the study's dense baseline: " + ", ".join(f"{k} {v:.4g}" for k, v in deltas.items()
+                                                                          if v is not None) + "."]
+    lines += [
+        "",
+        "## Trial configuration",
+        "",
+        "```json",
+        json.dumps(card["config"], indent=2),
+        "```",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "import sdsnn",
+        f"model = sdsnn.load_model({json.dumps(card['folder_name'])})  # this folder; no pickle",
+        "rates = model(x)   # x: float32 [T, B, C, H, W]; returns output spike rates [B, classes]",
+        "model.reset()      # reset neuron state after each batch",
+        "```",
+        "",
+    ]
+    if card.get("registered"):
+        r = card["registered"]
+        lines += [f"Registered in MLflow as `{r['name']}` version {r['version']}, alias `{r['alias']}` "
+                  f"(`models:/{r['name']}@{r['alias']}`; the version's artifacts are this folder).", ""]
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
+                 baseline: Optional[pd.Series] = None, progress: bool = False) -> Exported:
+    """Export one trial (see module doc) into ``out_dir/<alias>/``; raise if predictions differ."""
+    import torch
+
+    # the functions, by their module: ``sdsnn.compact`` is both a submodule and a function name
+    from sdsnn.compact import compact, live_widths, load_model, save_model
+    from sdsnn.data import build_loaders
+    from sdsnn.energy import count_operations
+    from sdsnn.train import evaluate, restore
+
+    trial_id = str(row["trial_id"])
+    run_dir = Path(str(row.get("run_dir") or ""))
+    if not run_dir.is_absolute():
+        run_dir = study.path / "trials" / trial_id
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise UserError(f"trial {trial_id} of {study.path} has no checkpoint at {run_dir / 'checkpoint.pt'}; "
+                        f"re-run or resume the study so the trial finishes")
+    restored = restore(run_dir)
+    cfg = restored.config
+    dense_model, masks = restored.model, restored.masks
+    bundle = build_loaders(cfg.data, cfg.seed, progress=progress)
+
+    final = Path(out_dir) / alias
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=final.parent))
+    try:
+        small = compact(dense_model, masks)
+        save_model(small, work, meta={"study": study.name, "trial_id": trial_id, "alias": alias,
+                                            "dataset": cfg.data.dataset})
+        loaded = load_model(work)
+
+        # round trip on the whole test set
+        rates_ckpt, labels = _outputs(dense_model, bundle.test)
+        rates_loaded, labels2 = _outputs(loaded, bundle.test)
+        identical = bool(torch.equal(labels, labels2) and torch.equal(rates_ckpt.argmax(1), rates_loaded.argmax(1)))
+        max_diff = float((rates_ckpt - rates_loaded).abs().max()) if len(rates_ckpt) else 0.0
+        if not identical:
+            n_diff = int((rates_ckpt.argmax(1) != rates_loaded.argmax(1)).sum())
+            raise RuntimeError(f"export of trial {trial_id}: the loaded model predicts differently from the "
+                               f"checkpoint on {n_diff} of {len(labels)} test samples; nothing was exported")
+        test = evaluate(loaded, bundle.test, torch.device("cpu"), cfg.train.loss, cfg.data.time_steps)
+
+        # measured cost: parameters, energy on test inputs, inference time compact vs dense
+        batches = []
+        for x, _ in bundle.test:
+            batches.append(x)
+            if sum(int(b.shape[1]) for b in batches) >= 512:
+                break
+        energy = count_operations(dense_model, masks, batches, cfg.energy)
+        # the dense reference: same weights (masked entries zero), full widths, no training hooks
+        dense_ref = compact(dense_model, None).eval()
+        t_compact, t_dense = _time_per_sample_ms([loaded, dense_ref], batches)
+
+        metrics = {k: (_num(row.get(k)) if _num(row.get(k)) is not None else row.get(k))
+                   for k in ("val_acc", "val_loss", "train_acc", "syn_prune_rate", "neuron_prune_rate",
+                             "energy_pj", "dense_energy_pj", "energy_ratio", "params", "dense_params", "epochs")
+                   if k in row.index and _num(row.get(k)) is not None}
+        deltas = {}
+        if baseline is not None:
+            deltas = {"acc_gain": _num(row.get("acc_gain")), "energy_vs_dense": _num(row.get("energy_vs_dense")),
+                      "params_vs_dense": _num(row.get("params_vs_dense"))}
+        card = {
+            "name": f"{study.name}-{alias}",
+            "folder_name": alias,
+            "alias": alias,
+            "study": study.name,
+            "study_dir": str(study.path),
+            "trial_id": trial_id,
+            "dataset": cfg.data.dataset,
+            "time_steps": cfg.data.time_steps,
+            "test": {"acc": float(test["acc"]), "loss": float(test["loss"]), "samples": int(len(labels)),
+                     "identical_predictions": identical, "max_abs_rate_diff": max_diff},
+            "parameters": {"compact": _n_params(loaded), "dense": _n_params(dense_ref),
+                           "compact_nonzero": _n_nonzero(loaded), "dense_nonzero": _n_nonzero(dense_ref)},
+            "widths": {"dense": live_widths(dense_model, None), "compact": live_widths(dense_model, masks)},
+            "energy_test": {k: float(v) for k, v in energy.to_metrics().items()} | {"samples": int(energy.samples)},
+            "speed": {"compact_ms": t_compact, "dense_ms": t_dense, "speedup": t_dense / t_compact if t_compact > 0 else None,
+                      "device": "cpu", "threads": torch.get_num_threads(), "repeats": 5,
+                      "batch_size": int(batches[0].shape[1]), "samples": int(sum(int(b.shape[1]) for b in batches))},
+            "trial_metrics": metrics,
+            "vs_dense_baseline": deltas,
+            "config": json.loads(cfg.model_dump_json()),
+            "files": ["model.safetensors", "model.json", "MODEL_CARD.md", "card.json"],
+        }
+        _write_text(work / "card.json", json.dumps(card, indent=2) + "\n")
+        _write_text(work / "MODEL_CARD.md", _card_md(card))
+        os.chmod(work, 0o755)
+        if final.exists():
+            old = final.with_name(f".{alias}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, final)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return Exported(trial_id=trial_id, alias=alias, folder=final, identical_predictions=identical,
+                    test_samples=int(len(labels)), card=card)
+
+
+def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dict], Optional[str]]:
+    """Log the exported folder to the trial's MLflow run and register it with an alias."""
+    uri = study.meta.get("tracking_uri")
+    run_id = str(row.get("mlflow_run_id") or "") or study.meta.get("parent_run_id")
+    if not uri or not run_id or run_id == "nan":
+        return None, "study.json names no MLflow tracking URI / run; not registered"
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = _alias(f"sdsnn-{study.name}")
+    art_path = f"export/{exp.alias}"
+    try:
+        client.log_artifacts(run_id, str(exp.folder), artifact_path=art_path)
+        source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + art_path
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(
+                name, description=f"SD-SNN compact models exported from study {study.name} ({study.dataset}); "
+                                  f"safetensors + JSON, load with sdsnn.load_model")
+        t = exp.card["test"]
+        mv = client.create_model_version(
+            name, source=source, run_id=run_id,
+            tags={"trial_id": exp.trial_id, "alias": exp.alias, "dataset": study.dataset,
+                  "format": "sdsnn-model (safetensors + JSON)", "test_acc": f"{t['acc']:.6f}",
+                  "identical_predictions": str(exp.identical_predictions)},
+            description=f"trial {exp.trial_id}, picked as {exp.alias}")
+        client.set_registered_model_alias(name, exp.alias, mv.version)
+    except MlflowException as e:
+        return None, f"MLflow registration failed ({e.message.splitlines()[0] if e.message else e})"
+    return {"name": name, "version": str(mv.version), "alias": exp.alias, "source": source,
+            "uri": f"models:/{name}@{exp.alias}"}, None
+
+
+def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, register: bool = True,
+                 progress: bool = False) -> list[Exported]:
+    """Export the picked Pareto trials of one study folder (see module doc)."""
+    from .pareto import load_study
+
+    if pick not in PICKS:
+        raise UserError(f"--pick {pick!r} is not one of {', '.join(PICKS)}")
+    study = load_study(study_dir)
+    res = analyze([study])
+    picked = pick_trials(res, pick)
+    baseline = res.baselines.iloc[0] if len(res.baselines) else None
+    out: list[Exported] = []
+    for alias, row in picked:
+        exp = export_trial(study, row, alias, Path(out_dir), baseline=baseline, progress=progress)
+        if register:
+            exp.registered, note = _register(study, exp, row)
+            if note:
+                exp.notes.append(note)
+            if exp.registered:
+                exp.card["registered"] = exp.registered
+                _write_text(exp.folder / "card.json", json.dumps(exp.card, indent=2) + "\n")
+                _write_text(exp.folder / "MODEL_CARD.md", _card_md(exp.card))
+        out.append(exp)
+    return out

@@ -1,0 +1,157 @@
+"""Export of Pareto trials: round trip, measured card figures, MLflow registry with aliases.
+
+The study is tiny but real: three short digits runs trained with ``sdsnn.train.train`` (a dense
+baseline and two SD-SNN settings), recorded in a study folder laid out as docs/internals.md says,
+with an MLflow parent run and one child run per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _cfg(name: str, **over):
+    from sdsnn.config import ExperimentConfig
+
+    d = {
+        "name": name, "seed": 5,
+        "data": {"dataset": "digits", "time_steps": 2, "batch_size": 32, "train_limit": 320},
+        "model": {"name": "mlp", "depth": 2, "width": 24},
+        "plasticity": {"develop_every": 2, "spine_window": 1, "rho_init_fc": 10.0},
+        "train": {"epochs": 2, "lr": 3e-3, "threads": 1},
+        "energy": {"batches": 1},
+    }
+    for k, v in over.items():
+        sect, key = k.split(".")
+        d[sect][key] = v
+    return ExperimentConfig.model_validate(d)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from sdsnn.train import train
+
+    root = tmp_path_factory.mktemp("study") / "tiny"
+    (root / "trials").mkdir(parents=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("tiny", artifact_location=str(root / "mlartifacts"))
+    parent = client.create_run(exp, run_name="tiny").info.run_id
+    settings = {"base": {"plasticity.mode": "dense"}, "a": {"plasticity.rho_init_fc": 20.0},
+                "b": {"plasticity.rho_init_fc": 5.0, "plasticity.shrink_factor": 0.6}}
+    rows = []
+    for tid, over in settings.items():
+        run_dir = root / "trials" / tid
+        res = train(_cfg(f"tiny-{tid}", **over), run_dir, progress=False)
+        assert res.status == "completed"
+        child = client.create_run(exp, run_name=f"trial-{tid}",
+                                  tags={MLFLOW_PARENT_RUN_ID: parent, "trial_id": tid}).info.run_id
+        rows.append({"trial_id": tid, "status": "completed", "is_baseline": tid == "base", "dataset": "digits",
+                     "duration_s": 1.0, "epochs": 2, "run_dir": str(run_dir), "mlflow_run_id": child,
+                     "config/plasticity.rho_init_fc": over.get("plasticity.rho_init_fc", 10.0),
+                     **res.metrics,
+                     "params": -1})  # a wrong value on purpose: the card must measure, not copy
+    pd.DataFrame(rows).to_csv(root / "trials.csv", index=False)
+    (root / "study.json").write_text(json.dumps({
+        "name": "tiny", "dataset": "digits", "space_file": None,
+        "objectives": [{"metric": "val_acc", "mode": "max"}, {"metric": "energy_pj", "mode": "min"}],
+        "constraints": [], "reference_point": [0.0, 1e9], "tracking_uri": uri, "parent_run_id": parent,
+        "experiment_name": "tiny", "baseline_trial_id": "base", "created": "2025-01-01", "seed": 5}))
+    return root
+
+
+def _predictions(model, loader):
+    preds = []
+    with torch.no_grad():
+        for x, _ in loader:
+            preds.append(model(x).argmax(1))
+            model.reset()
+    return torch.cat(preds)
+
+
+def test_export_all_pareto_round_trip_card_and_registry(study, tmp_path):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    import sdsnn
+    from sdsnn.compact import count_parameters
+    from sdsnn.data import build_loaders
+    from sdsnn.train import restore
+    from sdsnn_search.cli import main
+    from sdsnn_search.pareto import analyze_studies
+
+    out = tmp_path / "exported"
+    r = CliRunner().invoke(main, ["export", str(study), "--pick", "all-pareto", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    front = analyze_studies([study])["digits"].front
+    assert "base" not in set(front["trial_id"])
+    info = json.loads((study / "study.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    pruned_somewhere = False
+    for tid in front["trial_id"]:
+        folder = out / f"pareto-{tid}"
+        assert {"model.safetensors", "model.json", "MODEL_CARD.md", "card.json"} <= {p.name for p in folder.iterdir()}
+        card = json.loads((folder / "card.json").read_text())
+        assert card["trial_id"] == tid and card["test"]["identical_predictions"] is True
+        assert "identical" in (folder / "MODEL_CARD.md").read_text()
+
+        # independent round trip on the whole test set
+        rest = restore(study / "trials" / tid)
+        bundle = build_loaders(rest.config.data, rest.config.seed, progress=False)
+        loaded = sdsnn.load_model(folder)
+        p_ckpt, p_loaded = _predictions(rest.model, bundle.test), _predictions(loaded, bundle.test)
+        assert torch.equal(p_ckpt, p_loaded)
+        labels = torch.cat([y for _, y in bundle.test])
+        assert card["test"]["samples"] == len(labels)
+        assert card["test"]["acc"] == pytest.approx(float((p_loaded == labels).float().mean()))
+
+        # parameter counts are measured on the models, not copied from the trials table (-1 there)
+        counts = count_parameters(rest.model, rest.masks)
+        assert card["parameters"]["compact"] == sum(p.numel() for p in loaded.parameters()) == counts["compact"]
+        assert card["parameters"]["dense"] == counts["dense"]
+        if any((~m.neuron).any() for m in rest.masks.values()):
+            pruned_somewhere = True
+            assert card["parameters"]["compact"] < card["parameters"]["dense"]
+        assert card["speed"]["compact_ms"] > 0 and card["speed"]["dense_ms"] > 0
+
+        # registered with its alias; the registered artifacts load and predict the same
+        reg = card["registered"]
+        mv = client.get_model_version_by_alias(reg["name"], f"pareto-{tid}")
+        assert str(mv.version) == reg["version"] and mv.run_id == front.set_index("trial_id").loc[tid, "mlflow_run_id"]
+        local = client.download_artifacts(mv.run_id, f"export/pareto-{tid}", str(tmp_path / f"dl-{tid}"))
+        assert torch.equal(_predictions(sdsnn.load_model(local), bundle.test), p_ckpt)
+    assert pruned_somewhere, "the tiny study should prune some neurons"
+
+
+def test_export_knee_alias_and_errors(study, tmp_path):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from sdsnn_search.cli import main
+    from sdsnn_search.pareto import analyze_studies
+
+    r = CliRunner().invoke(main, ["export", str(study), "--pick", "knee", "--out", str(tmp_path / "k")])
+    assert r.exit_code == 0, r.output
+    knee = analyze_studies([study])["digits"].knee_trial_id
+    card = json.loads((tmp_path / "k" / "knee" / "card.json").read_text())
+    assert card["trial_id"] == knee
+    info = json.loads((study / "study.json").read_text())
+    mv = MlflowClient(tracking_uri=info["tracking_uri"]).get_model_version_by_alias("sdsnn-tiny", "knee")
+    assert mv.tags["trial_id"] == knee
+
+    r = CliRunner().invoke(main, ["export", str(study), "--pick", "nope", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "no study.json" in r.output
+    assert not (tmp_path / "x").exists()
