@@ -388,7 +388,9 @@ def build_model(
     """Build the backbone ``cfg.name`` for inputs ``[T, B, *input_shape]`` and ``num_classes`` outputs.
 
     ``static_input``: every time step of x is the same tensor (direct encoding); the first layer
-    is then computed once and broadcast over T (same outputs, T times cheaper first layer).
+    is then computed once and broadcast over T (same outputs, T times cheaper first layer; in
+    training, BatchNorm's running variance gets the unbiased correction of B*H*W rather than
+    T*B*H*W values, a negligible difference).
     ``widths``: explicit output sizes of the hidden layers (all but the output layer).
     ``spiking_input_first``: the first layer's input is spikes/events (Poisson coding, event data)
     rather than analog values; decides whether energy accounting counts its SOPs or MACs.
