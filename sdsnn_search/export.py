@@ -326,8 +326,10 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
 def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dict], Optional[str]]:
     """Log the exported folder to the trial's MLflow run and register it with an alias."""
     uri = study.meta.get("tracking_uri")
-    run_id = str(row.get("mlflow_run_id") or "") or study.meta.get("parent_run_id")
-    if not uri or not run_id or run_id == "nan":
+    run_id = str(row.get("mlflow_run_id") or "")
+    if run_id in ("", "nan", "None"):  # no child run recorded: log to the study's parent run
+        run_id = study.meta.get("parent_run_id")
+    if not uri or not run_id:
         return None, "study.json names no MLflow tracking URI / run; not registered"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.exceptions import MlflowException
