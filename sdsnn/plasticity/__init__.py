@@ -11,7 +11,6 @@ from .regeneration import (
     group_signal,
     percentile,
     regrow_percentile,
-    rows_weight_grad,
     update_regrowth,
 )
 from .spines import SPINE_KEYS, adapt_spines, constrain_, init_spines, record_history
@@ -29,7 +28,6 @@ __all__ = [
     "percentile",
     "group_signal",
     "update_regrowth",
-    "rows_weight_grad",
     "NormBypassProbe",
     "spine_size",
     "neuron_scores",

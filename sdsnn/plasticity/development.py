@@ -34,7 +34,7 @@ Interpretations where docs/sd-snn.md leaves a choice (each is documented at its 
   (the spiking neuron's input) times the layer's input
   (:class:`~sdsnn.plasticity.regeneration.NormBypassProbe`). Hooks for it exist only on BN
   layers with pruned neurons during the regeneration phase, and cost work proportional to the
-  pruned channels;
+  pruned channels (no extra convolution: the ordinary backward computes it);
 - the synaptic pruning rate counts a weight as live only when its group is live and its source
   neuron (previous layer) is alive; see :meth:`StructuralDevelopment.stats`.
 """
@@ -195,8 +195,9 @@ class StructuralDevelopment:
         """After ``loss.backward()``: accumulate the regrowth signal, then zero masked gradients.
 
         The weight's gradient is the gradient with respect to the effective (masked) weight,
-        since masked entries hold exactly 0. For pruned neurons behind a BatchNorm the signal
-        comes from the BN-bypass probe instead (the gradient with the BN as identity). Gradients of masked weights and of the bias / BN
+        since masked entries hold exactly 0. For pruned neurons behind a BatchNorm, the BN-bypass
+        probe has put the gradient with the BN as identity into their rows of ``weight.grad``
+        during the backward pass; it is accumulated here and zeroed with the other masked entries. Gradients of masked weights and of the bias / BN
         parameters of pruned neurons are zeroed so the optimizer never moves them.
         """
         # the signal is only read from step 2N + 1 on (and reset at every step)
@@ -205,10 +206,6 @@ class StructuralDevelopment:
             w = L.li.weight
             if w.grad is not None and accumulate and L.develops:
                 L.grad_acc.add_(w.grad)
-            if L.probe is not None:
-                extra = L.probe.take()  # rows of pruned neurons behind BN (exactly 0 in w.grad)
-                if extra is not None and accumulate and L.develops:
-                    L.grad_acc.index_add_(0, L.probe.rows, extra.to(L.grad_acc.dtype))
             if w.grad is not None and not L.all_live:
                 w.grad.mul_(L.wmask)
             if not L.all_alive:
@@ -343,11 +340,10 @@ class StructuralDevelopment:
             if want:
                 rows = (~L.neuron).nonzero().reshape(-1)
                 if L.probe is not None and torch.equal(L.probe.rows, rows):
-                    L.probe.clear()
                     continue
                 if L.probe is not None:
                     L.probe.remove()
-                L.probe = NormBypassProbe(L.li.module, L.li.norm, rows)
+                L.probe = NormBypassProbe(L.li.norm, rows)
             elif L.probe is not None:
                 L.probe.remove()
                 L.probe = None

@@ -9,18 +9,17 @@ consecutive candidate steps, and the group is unmasked when ``c_grow > regrow_wi
 Behind a BatchNorm, a pruned neuron's zeroed BN weight blocks the gradient to its (masked) input
 weights, so their accumulated gradient is exactly 0. For those rows the signal is the gradient the
 weights would get if the neuron were alive with the BN acting as the identity (scale 1, shift 0):
-``dL/dW[rows] = grad at the BN output[:, rows] (x) layer input``, computed by
-:func:`rows_weight_grad` from what :class:`NormBypassProbe` captures during the forward and
-backward passes. It ranks the masked groups by how hard the loss pulls on them.
+``dL/dW[rows] = grad at the BN output[:, rows] (x) layer input``, obtained by
+:class:`NormBypassProbe` inside the ordinary backward pass. It ranks the masked groups by how hard
+the loss pulls on them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "percentile",
     "group_signal",
     "update_regrowth",
-    "rows_weight_grad",
     "NormBypassProbe",
 ]
 
@@ -97,98 +95,49 @@ def update_regrowth(
     return regrow, c, cand
 
 
-@torch.no_grad()
-def rows_weight_grad(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``dL/dW[rows]`` of an ``nn.Conv2d`` / ``nn.Linear`` from its input and its output's gradient.
-
-    Args:
-        module: the weight layer.
-        x: its input (``[N, C_in, H, W]`` or ``[N, in]``).
-        grad_out: the gradient at its output, only the channels ``rows`` (``[N, P, H', W']`` or
-            ``[N, P]``).
-        rows: long ``[P]``, the output channels / units.
-
-    Returns the gradient of the selected weight rows, shaped ``[P, *weight.shape[1:]]``. The work
-    is proportional to ``P`` (one weight-gradient convolution / one matmul restricted to the rows).
-    """
-    w = module.weight
-    g = grad_out.to(x.dtype)
-    if isinstance(module, nn.Conv2d):
-        padding = module.padding
-        if isinstance(padding, str) or module.padding_mode != "zeros":
-            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-            padding = (0, 0)
-        if module.groups == 1:
-            size = (int(rows.numel()),) + tuple(w.shape[1:])
-            return torch.nn.grad.conv2d_weight(x, size, g, module.stride, padding, module.dilation, 1)
-        # grouped convolution: rows cut across the groups, so compute the full gradient
-        full = g.new_zeros((g.shape[0], w.shape[0]) + tuple(g.shape[2:]))
-        full.index_copy_(1, rows, g)
-        gw = torch.nn.grad.conv2d_weight(x, tuple(w.shape), full, module.stride, padding, module.dilation, module.groups)
-        return gw.index_select(0, rows)
-    if isinstance(module, nn.Linear):
-        return g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-    raise TypeError(f"rows_weight_grad supports nn.Conv2d and nn.Linear, got {type(module).__name__}")
-
 
 class NormBypassProbe:
     """Regrowth signal of pruned neurons behind a BatchNorm (see the module docstring).
 
-    Registers a forward hook on ``module`` that keeps a reference to its input, and a forward hook
-    on ``norm`` that puts a tensor hook on the norm's output capturing the gradient of the channels
-    ``rows`` only. Hooks do nothing when autograd is off (evaluation). :meth:`take` turns what was
-    captured since the last call into ``dL/dW[rows]`` and drops the references; :meth:`remove`
-    unregisters the hooks. A layer run several times before one backward pass contributes the sum.
+    A forward hook on ``norm`` puts two tensor hooks on each pass that autograd records: one on
+    the norm's output, keeping the gradient of the channels ``rows`` (the gradient at the spiking
+    neuron's input), and one on the norm's input (the weight layer's output) that substitutes
+    that gradient for the exact zeros the BN backward gives those channels (their BN weight is
+    0). The weight layer's own backward then yields, for ``rows``, ``dL/dW = grad at the BN
+    output (x) layer input``: the gradient with the BN acting as the identity. No extra
+    convolution or matmul is run; the cost is copying ``rows`` channels of one gradient.
 
-    The first layer of a static-input network runs once on ``x[0]`` and its output is broadcast
-    over T, so the gradient captured there is already summed over the time steps.
+    Because the pruned neurons' weights are exactly 0 (hard masks), the substituted channels add
+    nothing to the gradient of the layer's input, so nothing upstream changes. The pruned rows of
+    ``weight.grad`` become nonzero; :meth:`StructuralDevelopment.after_backward` adds them to the
+    regrowth accumulator and then zeroes them like every masked entry. Evaluation (autograd
+    off) is untouched. The first layer of a static-input network runs once on ``x[0]`` and is
+    broadcast over T, so the gradient captured there is already summed over the time steps.
     """
 
-    def __init__(self, module: nn.Module, norm: nn.Module, rows: torch.Tensor):
-        self.module = module
+    def __init__(self, norm: nn.Module, rows: torch.Tensor):
         self.rows = rows
-        self._slots: list[list] = []  # [input, captured grad or None, output hooked?]
-        self._handles = [
-            module.register_forward_hook(self._on_layer),
-            norm.register_forward_hook(self._on_norm),
-        ]
-
-    def _on_layer(self, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if torch.is_grad_enabled():
-            self._slots.append([inputs[0].detach(), None, False])
+        self._handle: Optional[Any] = norm.register_forward_hook(self._on_norm)
 
     def _on_norm(self, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if not (torch.is_grad_enabled() and output.requires_grad and self._slots):
+        z = inputs[0]
+        if not (torch.is_grad_enabled() and output.requires_grad and z.requires_grad):
             return
-        slot = self._slots[-1]
-        if slot[2]:
-            return
-        slot[2] = True
         rows = self.rows
+        grads: list[torch.Tensor] = []
 
-        def grab(grad: torch.Tensor) -> None:
-            part = grad.detach().index_select(1, rows)
-            slot[1] = part if slot[1] is None else slot[1] + part
+        def grab(g: torch.Tensor) -> None:  # gradient at the BN output (neuron input)
+            grads.append(g.index_select(1, rows))
+
+        def substitute(gz: torch.Tensor) -> Optional[torch.Tensor]:  # gradient at the BN input
+            if not grads:
+                return None
+            return gz.index_copy(1, rows, grads.pop().to(gz.dtype))
 
         output.register_hook(grab)
-
-    def take(self) -> Optional[torch.Tensor]:
-        """``dL/dW[rows]`` (``[P, *weight.shape[1:]]``) summed over the captured passes, or None."""
-        slots, self._slots = self._slots, []
-        out = None
-        for x, g, _ in slots:
-            if g is None:
-                continue
-            gw = rows_weight_grad(self.module, x, g, self.rows)
-            out = gw if out is None else out + gw
-        return out
-
-    def clear(self) -> None:
-        self._slots = []
+        z.register_hook(substitute)
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self._slots = []
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
