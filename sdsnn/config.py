@@ -71,6 +71,9 @@ class ModelConfig(_Strict):
     surrogate: Literal["atan", "sigmoid", "piecewise_quadratic"] = "atan"
     batch_norm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
+    # rate: output = spike rate of LIF output neurons over T (the reference);
+    # potential: output = mean synaptic input of non-spiking output neurons (no ties at small T).
+    readout: Literal["rate", "potential"] = "rate"
 
 
 class PlasticityConfig(_Strict):

@@ -73,6 +73,8 @@ class BlockSpec:
 
 
 def _make_neuron(kind: str, cfg: ModelConfig, v_threshold: float) -> nn.Module:
+    if kind == "none":  # non-spiking readout: the block passes its synaptic input on
+        return nn.Identity()
     sg = _SURROGATES[cfg.surrogate]()
     if kind == "plif":
         return sj_neuron.ParametricLIFNode(
@@ -284,7 +286,7 @@ class SpikingNet(nn.Module):
             self._rates = {}
         for i, b in enumerate(self.blocks):
             x = b(x, static=(i == 0 and self.static_input))
-            if rec:
+            if rec and b.spec.neuron != "none":
                 self._rates[b.spec.name] = x.detach().float().mean()
         return x.mean(0)
 
@@ -312,7 +314,8 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 
 
 def _out_block(cfg: ModelConfig, num_classes: int, after_spikes: bool = True) -> BlockSpec:
-    return BlockSpec("out", "fc", num_classes, "lif", cfg.v_threshold, batch_norm=False, bias=True,
+    neuron = "none" if cfg.readout == "potential" else "lif"
+    return BlockSpec("out", "fc", num_classes, neuron, cfg.v_threshold, batch_norm=False, bias=True,
                      dropout=cfg.dropout if after_spikes else 0.0)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "evaluate",
     "predict",
     "resolve_device",
+    "logit_scale",
     "CHECKPOINT_NAME",
 ]
 
@@ -90,11 +91,20 @@ def _lr_factor(step: int, total: int, warmup: int, lr: float, min_lr: float) -> 
     return target / lr
 
 
-def _loss(rates: torch.Tensor, y: torch.Tensor, kind: str, time_steps: int) -> torch.Tensor:
+def _loss(out: torch.Tensor, y: torch.Tensor, kind: str, logit_scale: float) -> torch.Tensor:
+    """MSE of the output against one-hot, or cross-entropy with ``out * logit_scale`` as logits.
+
+    ``logit_scale`` is T for a spike-rate readout (the logits are then spike counts) and 1 for a
+    membrane-potential readout.
+    """
     if kind == "mse":
-        return F.mse_loss(rates, F.one_hot(y, rates.shape[1]).to(rates.dtype))
-    # Cross-entropy on output spike counts (rates x T) used as logits.
-    return F.cross_entropy(rates * time_steps, y)
+        return F.mse_loss(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+    return F.cross_entropy(out * logit_scale, y)
+
+
+def logit_scale(cfg: ExperimentConfig) -> float:
+    """The factor that turns the model output into logits for cross-entropy (see :func:`_loss`)."""
+    return float(cfg.data.time_steps) if cfg.model.readout == "rate" else 1.0
 
 
 @torch.no_grad()
@@ -112,7 +122,7 @@ def predict(model: torch.nn.Module, loader: Iterable, device: torch.device) -> t
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loader: Iterable, device: torch.device, loss_kind: str, time_steps: int
+    model: torch.nn.Module, loader: Iterable, device: torch.device, loss_kind: str, logit_scale: float
 ) -> dict[str, float]:
     """Mean loss and accuracy over a loader."""
     model.eval()
@@ -121,7 +131,7 @@ def evaluate(
         y = y.to(device)
         rates = model(x.to(device, non_blocking=True))
         model.reset()
-        loss_sum += float(_loss(rates, y, loss_kind, time_steps)) * y.numel()
+        loss_sum += float(_loss(rates, y, loss_kind, logit_scale)) * y.numel()
         correct += int((rates.argmax(1) == y).sum())
         total += y.numel()
     return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
@@ -230,7 +240,7 @@ def train(
         optimizer, lambda s: _lr_factor(s, total_steps, warmup_steps, cfg.train.lr, cfg.train.min_lr)
     )
     develop_k = cfg.plasticity.develop_every if isinstance(cfg.plasticity.develop_every, int) else None
-    T = cfg.data.time_steps
+    scale = logit_scale(cfg)
 
     start_epoch, global_step = 0, 0
     history: list[dict[str, float]] = []
@@ -267,7 +277,7 @@ def train(
             y = y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             rates = model(x)
-            loss = _loss(rates, y, cfg.train.loss, T)
+            loss = _loss(rates, y, cfg.train.loss, scale)
             if not torch.isfinite(loss):
                 model.reset()
                 status = "nan"
@@ -310,7 +320,7 @@ def train(
             "epoch_time_s": epoch_time,
         }
         if status == "completed":
-            val = evaluate(model, bundle.val, device, cfg.train.loss, T)
+            val = evaluate(model, bundle.val, device, cfg.train.loss, scale)
             metrics["val_loss"], metrics["val_acc"] = val["loss"], val["acc"]
             metrics.update(_structure_metrics(model, dev, cfg, energy_inputs, device))
         history.append(metrics)
@@ -352,7 +362,7 @@ def train(
 
     test = None
     if evaluate_test and status == "completed":
-        t = evaluate(model, bundle.test, device, cfg.train.loss, T)
+        t = evaluate(model, bundle.test, device, cfg.train.loss, scale)
         test = {"test_loss": t["loss"], "test_acc": t["acc"]}
         if run_path is not None:
             _atomic_write_text(run_path / "test.json", json.dumps(test, indent=2))

@@ -134,3 +134,17 @@ def test_train_cli_bad_field_is_one_line_exit_2(tmp_path):
     assert "plasticity.spine_windw" in p.stderr and "unknown field" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_potential_readout_trains_and_outputs_are_not_rates(tmp_path):
+    cfg = tiny_cfg(**{"model.readout": "potential", "train.epochs": 2})
+    res = train(cfg, tmp_path, progress=False)
+    assert res.status == "completed"
+    assert res.history[-1]["val_acc"] > res.history[0]["val_acc"] or res.history[-1]["val_acc"] > 0.5
+    r = restore(tmp_path)
+    x = torch.rand(2, 5, 1, 8, 8)
+    out = r.model(x)
+    r.model.reset()
+    # a non-spiking readout gives real-valued means, not multiples of 1/T in [0, 1]
+    assert out.shape == (5, 10)
+    assert bool(((out * 2) != (out * 2).round()).any())
