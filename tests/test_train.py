@@ -137,10 +137,11 @@ def test_train_cli_bad_field_is_one_line_exit_2(tmp_path):
 
 
 def test_potential_readout_trains_and_outputs_are_not_rates(tmp_path):
-    cfg = tiny_cfg(**{"model.readout": "potential", "train.epochs": 2})
+    cfg = tiny_cfg(**{"model.readout": "potential", "model.width": 64, "data.train_limit": None,
+                      "data.time_steps": 4, "train.epochs": 2})
     res = train(cfg, tmp_path, progress=False)
     assert res.status == "completed"
-    assert res.history[-1]["val_acc"] > res.history[0]["val_acc"] or res.history[-1]["val_acc"] > 0.5
+    assert res.metrics["val_acc"] > 0.5  # chance is 0.1
     r = restore(tmp_path)
     x = torch.rand(2, 5, 1, 8, 8)
     out = r.model(x)
