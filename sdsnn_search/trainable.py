@@ -110,6 +110,11 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], study_dir: str, d
         m = {**_finite(metrics), **where, "run_dir": str(run_dir)}
         nan = any(isinstance(v, float) and math.isnan(v) for k, v in m.items() if k == "train_loss")
         m["trial_status"] = "nan" if nan or "val_acc" not in m else "running"
+        if m["trial_status"] == "nan":  # keep every objective present (NaN) so Tune sees the result
+            from .space import KNOWN_METRICS
+
+            for k in KNOWN_METRICS:
+                m.setdefault(k, float("nan"))
         tune.report(m, checkpoint=Checkpoint.from_directory(str(run_dir)))
 
     result = train(cfg, run_dir, resume=resume, on_epoch=on_epoch, progress=False)

@@ -41,14 +41,33 @@ def fake_trial(config, *, base, study_dir, data_root=None):
     if ck is not None:
         with ck.as_directory() as d:
             start = int(json.loads((Path(d) / "state.json").read_text())["epoch"])
-    fail_lr = float(os.environ.get("SDSNN_FAKE_FAIL_LR", "1e9"))
-    if float(config.get("train.lr", 0)) > fail_lr:
-        raise RuntimeError("deliberate failure for the test")
     where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
+    # markers next to the study folder (<results>/<study>.fail_once) make exactly one trial fail (raise) or diverge (NaN)
+    kind = None
+    if not config.get("is_baseline"):
+        for marker in ("fail_once", "nan_once"):
+            m = Path(study_dir).parent / f"{Path(study_dir).name}.{marker}"
+            try:
+                os.rename(m, Path(study_dir).parent / f"{Path(study_dir).name}.{marker}.taken-by-{tid}")
+                kind = marker
+                break
+            except FileNotFoundError:
+                continue
+    if kind == "fail_once":
+        raise RuntimeError("deliberate failure for the test")
     for e in range(start + 1, epochs + 1):
         time.sleep(sleep)
+        with open(Path(study_dir) / "executions.log", "a") as f:
+            f.write(f"{tid} {e}\n")
         (run_dir / "state.json").write_text(json.dumps({"epoch": e}))
         m = {**_metrics(config, base, e), **where, "run_dir": str(run_dir), "trial_status": "running"}
+        if kind == "nan_once":
+            m.update(train_loss=float("nan"), trial_status="nan")
+            m["val_acc"] = float("nan")
+            tune.report(m, checkpoint=Checkpoint.from_directory(str(run_dir)))
+            from sdsnn_search.trainable import TrialDiverged
+
+            raise TrialDiverged("loss became NaN (test)")
         tune.report(m, checkpoint=Checkpoint.from_directory(str(run_dir)))
 
 

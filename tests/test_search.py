@@ -1,0 +1,258 @@
+"""The search runner against a real Ray scheduler, a real Optuna storage and a real MLflow store.
+
+One local Ray session is shared by the module (except the kill-and-resume driver, which runs in
+its own process, and the two-node cluster at the end). The machinery tests use the small
+stand-in trainables of ``search_fakes``; the end-to-end test trains real networks on digits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+import ray.cloudpickle  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_fakes  # noqa: E402
+
+from sdsnn_search.runner import read_study, resume_study, run_study  # noqa: E402
+from sdsnn_search.space import parse_space  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    ray.cloudpickle.register_pickle_by_value(search_fakes)
+    yield
+    ray.shutdown()
+
+
+def _fake_spec(num_samples=4, epochs=2, sampler="random", max_failures=0, concurrent=2):
+    return parse_space({
+        "dataset": "digits",
+        "experiment": {"train": {"epochs": epochs}},
+        "params": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+                   "plasticity.shrink_factor": {"type": "uniform", "low": 0.5, "high": 0.9}},
+        "constraints": [{"metric": "val_acc", "op": ">=", "value": 0.3}],
+        "reference_point": [0.0, 2000.0],
+        "search": {"num_samples": num_samples, "max_concurrent": concurrent, "sampler": sampler,
+                   "max_failures": max_failures, "seed": 3},
+    })
+
+
+def _optuna_states(study_dir: Path, name: str) -> dict[str, int]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    out: dict[str, int] = {}
+    for t in study.get_trials():
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _children(study_dir: Path):
+    info = read_study(study_dir)
+    c = MlflowClient(info["tracking_uri"])
+    runs = c.search_runs([info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{info['parent_run_id']}'",
+                         max_results=1000)
+    return c, info, runs
+
+
+def test_failing_trials_do_not_stop_the_study_and_mlflow_structure(ray_session, tmp_path):
+    (tmp_path / "res").mkdir()
+    study_dir = tmp_path / "res" / "fails"
+    (tmp_path / "res" / "fails.fail_once").write_text("")  # one trial raises
+    (tmp_path / "res" / "fails.nan_once").write_text("")  # one trial diverges (NaN)
+    spec = _fake_spec(num_samples=5, epochs=2)
+    out = run_study(spec, results_dir=tmp_path / "res", name="fails", trainable=search_fakes.fake_trial, progress=False)
+    df = pd.read_parquet(study_dir / "trials.parquet")
+    assert len(df) == 6 and df["trial_id"].is_unique
+    assert df["is_baseline"].sum() == 1
+    by = df.set_index("trial_id")["status"].value_counts().to_dict()
+    assert by == {"completed": 4, "failed": 1, "nan": 1}, by
+    assert not out.interrupted and out.counts["completed"] == 4
+    base = df[df["is_baseline"]].iloc[0]
+    assert base["status"] == "completed" and base["syn_prune_rate"] == 0.0  # dense: nothing pruned
+    assert not pd.isna(base["config/train.lr"])  # baseline row shows the values it trained with
+    csv = pd.read_csv(study_dir / "trials.csv")
+    assert list(csv.columns) == list(df.columns)
+
+    # Optuna: the searched trials only (no baseline); both failures are FAIL; constraints recorded
+    states = _optuna_states(study_dir, "fails")
+    assert states == {"COMPLETE": 3, "FAIL": 2}, states
+    study = optuna.load_study(study_name="fails", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert all(t.constraints and "val_acc>=0.3" in t.constraints for t in done)
+    assert all(t.user_attrs["ray_trial_id"] in set(df["trial_id"]) for t in done)
+
+    # MLflow: parent with spec and code version; one child per trial with per-epoch history
+    c, info, runs = _children(study_dir)
+    parent = c.get_run(info["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sdsnn.code_version"] and parent.data.params["seed"] == "3"
+    assert parent.data.params["objectives"] == "val_acc:max, energy_pj:min"
+    arts = {a.path for a in c.list_artifacts(info["parent_run_id"])}
+    assert {"spec.yaml", "study.json"} <= arts
+    assert len(runs) == 6
+    tags = [r.data.tags["trial_id"] for r in runs]
+    assert sorted(tags) == sorted(df["trial_id"])
+    status = {r.data.tags["trial_id"]: (r.info.status, r.data.tags.get("status")) for r in runs}
+    for _, row in df.iterrows():
+        st, tag = status[row["trial_id"]]
+        assert tag == row["status"]
+        assert st == ("FINISHED" if row["status"] == "completed" else "FAILED")
+        assert row["mlflow_run_id"] in {r.info.run_id for r in runs}
+    ok = df[(df["status"] == "completed") & ~df["is_baseline"]].iloc[0]
+    hist = c.get_metric_history(ok["mlflow_run_id"], "val_acc")
+    assert sorted(m.step for m in hist) == [1, 2]
+    assert c.get_run(ok["mlflow_run_id"]).data.params["train.lr"] == str(ok["config/train.lr"])
+
+
+def test_end_to_end_digits_real_training(ray_session, tmp_path):
+    out = run_study(ROOT / "search_spaces" / "digits.yaml", results_dir=tmp_path, name="e2e", num_samples=2,
+                    epochs=1, progress=False)
+    df = out.table
+    assert len(df) == 3 and (df["status"] == "completed").all(), df[["trial_id", "status"]]
+    assert (df["epochs"] == 1).all()
+    for _, r in df.iterrows():
+        run_dir = Path(r["run_dir"])
+        assert (run_dir / "checkpoint.pt").exists() and (run_dir / "metrics.jsonl").exists()
+        assert json.loads((run_dir / "config.json").read_text())["plasticity"]["mode"] == ("dense" if r["is_baseline"] else "sdsnn")
+        assert 0.0 <= r["val_acc"] <= 1.0 and r["energy_pj"] > 0
+    info = read_study(out.study_dir)
+    for k in ("name", "dataset", "space_file", "objectives", "constraints", "reference_point", "tracking_uri",
+              "parent_run_id", "experiment_name", "baseline_trial_id", "created", "seed"):
+        assert k in info
+    assert info["baseline_trial_id"] == df[df["is_baseline"]].iloc[0]["trial_id"] and info["finished"]
+    assert (out.study_dir / "spec.yaml").exists() and (out.study_dir / "mlflow.db").exists()
+    searched = df[~df["is_baseline"]]
+    assert searched["config/plasticity.shrink_factor"].between(0.5, 0.9).all()
+
+
+def _run_driver(study_root: Path, spec_raw: dict, env: dict) -> subprocess.Popen:
+    code = (
+        "import sys, json; sys.path.insert(0, %r); import ray.cloudpickle, search_fakes; "
+        "ray.cloudpickle.register_pickle_by_value(search_fakes); "
+        "from sdsnn_search.space import parse_space; from sdsnn_search.runner import run_study; "
+        "run_study(parse_space(json.loads(sys.argv[1])), results_dir=sys.argv[2], name='killed', "
+        "trainable=search_fakes.fake_trial, progress=False)" % str(TESTS)
+    )
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(spec_raw), str(study_root)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from /proc)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for p in pids:
+        try:
+            st = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if st != "Z":
+                alive.append(p)
+        except OSError:
+            pass
+    return alive
+
+
+def test_kill_and_resume(ray_session, tmp_path):
+    spec_raw = _fake_spec(num_samples=5, epochs=2).to_dict()
+    env = dict(os.environ, SDSNN_FAKE_SLEEP="1.0")
+    proc = _run_driver(tmp_path, spec_raw, env)
+    study_dir = tmp_path / "killed"
+    done_before: set[str] = set()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            df = pd.read_parquet(study_dir / "trials.parquet")
+        except Exception:
+            continue
+        done_before = set(df.loc[df["status"] == "completed", "trial_id"])
+        if len(done_before) >= 2 and (df["status"] == "running").any():
+            break
+    assert 2 <= len(done_before) < 6, "the driver did not get going"
+    kids = _descendants(proc.pid)
+    assert kids  # Ray's processes
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    # the Ray processes the killed driver started go with it
+    deadline = time.time() + 60
+    while _alive(kids) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _alive(kids), [Path(f"/proc/{p}/cmdline").read_text()[:80] for p in _alive(kids)]
+
+    out = resume_study(study_dir, progress=False)
+    df = out.table
+    assert not out.interrupted
+    assert len(df) == 6 and df["trial_id"].is_unique and (df["status"] == "completed").all(), df[["trial_id", "status"]]
+    # completed trials were kept, not re-run: each ran its 2 epochs exactly once
+    runs = pd.read_csv(study_dir / "executions.log", sep=" ", names=["trial", "epoch"])
+    per = runs.groupby("trial")["epoch"].apply(list)
+    for tid in done_before:
+        assert per[tid] == [1, 2], (tid, per[tid])
+    # Optuna: six searched trials complete, nothing left running
+    assert _optuna_states(study_dir, "killed") == {"COMPLETE": 5}
+    # MLflow: one child per trial, no duplicates, all finished; the parent is closed
+    c, info, children = _children(study_dir)
+    ids = [r.data.tags["trial_id"] for r in children]
+    assert sorted(ids) == sorted(df["trial_id"]) and len(ids) == len(set(ids)) == 6
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert c.get_run(info["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_two_node_cluster_trials_land_on_both_nodes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # leave the module's single-node session
+    os.environ["SDSNN_FAKE_SLEEP"] = "0.5"  # inherited by the nodes' workers: trials overlap
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        spec = _fake_spec(num_samples=3, epochs=2)
+        out = run_study(spec, results_dir=tmp_path, name="cluster", address=cluster.address,
+                        trainable=search_fakes.fake_trial, progress=False)
+        df = out.table
+        assert (df["status"] == "completed").all() and len(df) == 4
+        nodes = set(df["node_id"])
+        assert len(nodes) == 2, nodes
+        assert set(df["hostname"]) and df["pid"].nunique() >= 2
+    finally:
+        os.environ.pop("SDSNN_FAKE_SLEEP", None)
+        ray.shutdown()
+        cluster.shutdown()
