@@ -10,6 +10,18 @@ from importlib import import_module as _import_module
 __all__: list[str] = []
 _LAZY: dict[str, str] = {}
 
+# ---- search (issue 4) ----
+_LAZY.update({
+    "load_space": "sdsnn_search.space",
+    "parse_space": "sdsnn_search.space",
+    "SearchSpec": "sdsnn_search.space",
+    "run_study": "sdsnn_search.runner",
+    "resume_study": "sdsnn_search.runner",
+    "StudyOutcome": "sdsnn_search.runner",
+    "run_trial": "sdsnn_search.trainable",
+})
+# ---- end search ----
+
 # ---- pareto / export / ui (issue 5) ----
 _LAZY.update({
     "analyze_studies": "sdsnn_search.pareto",
