@@ -2,10 +2,9 @@
 
 Starts ``sdsnn-search ui`` on a finished study folder, opens the experiment from the experiment
 list, switches to its runs, expands the study's parent run and finds every trial run nested under
-it. By default the study is a tiny one whose MLflow store is written through the MLflow API the way
-the runner writes it (parent run, child runs tagged ``mlflow.parentRunId``), which keeps the test
-fast; ``SDSNN_UI_STUDY=<results/study>`` runs the same checks on a study made by
-``sdsnn-search run`` (that is how the README's screenshot was made).
+it. By default the study is a tiny one run by the real runner with a stand-in trainable (no
+training, so the test stays fast); ``SDSNN_UI_STUDY=<results/study>`` runs the same checks on any
+finished study, e.g. the quickstart (that is how the README's screenshot was made).
 
 Needs /usr/bin/chromium and /usr/bin/chromedriver (.ci/run installs them). Without them the test
 is skipped, unless SDSNN_REQUIRE_BROWSER=1 (set by CI), where it fails. With
@@ -51,32 +50,39 @@ def _free_port() -> int:
 
 
 def _tiny_study(root: Path) -> dict:
-    """A study folder whose MLflow store has a parent run and nested trial runs, as the runner logs them."""
-    from mlflow.tracking import MlflowClient
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+    """A finished tiny study made by the real runner (Ray Tune, Optuna, MLflow tracking callback).
 
-    study = root / "digits-ui"
-    study.mkdir(parents=True)
-    uri = f"sqlite:///{study / 'mlflow.db'}"
-    c = MlflowClient(tracking_uri=uri)
-    exp = c.create_experiment("digits-ui", artifact_location=str(study / "mlartifacts"))
-    parent = c.create_run(exp, run_name="digits-ui", tags={"sdsnn.role": "study"}).info.run_id
-    trials = []
-    for i in range(3):
-        name = f"trial-{i:04d}"
-        rid = c.create_run(exp, run_name=name, tags={MLFLOW_PARENT_RUN_ID: parent, "trial_id": f"{i:04d}"}).info.run_id
-        c.log_metric(rid, "val_acc", 0.8 + 0.05 * i)
-        c.log_metric(rid, "energy_pj", 2e5 - 1e4 * i)
-        c.set_terminated(rid)
-        trials.append(name)
-    c.set_terminated(parent)
-    (study / "study.json").write_text(json.dumps({
-        "name": "digits-ui", "dataset": "digits", "tracking_uri": uri, "parent_run_id": parent,
-        "experiment_name": "digits-ui", "objectives": [{"metric": "val_acc", "mode": "max"},
-                                                       {"metric": "energy_pj", "mode": "min"}],
-        "constraints": [], "reference_point": [0.0, 3e5]}))
-    return {"dir": study, "uri": uri, "experiment": "digits-ui", "experiment_id": exp,
-            "parent_name": "digits-ui", "trial_names": trials}
+    Only the trainable is a stand-in (``search_fakes.fake_trial``: metrics computed from the
+    config, no training), so the study's MLflow store is exactly what ``sdsnn-search run`` writes.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    import ray.cloudpickle
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import search_fakes
+
+    from sdsnn_search.runner import run_study
+    from sdsnn_search.space import parse_space
+
+    spec = parse_space({
+        "dataset": "digits",
+        "experiment": {"train": {"epochs": 1}},
+        "params": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+                   "plasticity.shrink_factor": {"type": "uniform", "low": 0.5, "high": 0.9}},
+        "reference_point": [0.0, 2000.0],
+        "search": {"num_samples": 3, "max_concurrent": 1, "sampler": "random", "seed": 1},
+    })
+    ray.shutdown()
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.cloudpickle.register_pickle_by_value(search_fakes)
+    try:
+        out = run_study(spec, results_dir=root, name="digits-ui", trainable=search_fakes.fake_trial, progress=False)
+    finally:
+        ray.shutdown()
+    assert not out.interrupted
+    return _real_study(out.study_dir)
 
 
 def _real_study(path: Path) -> dict:
