@@ -93,3 +93,22 @@ def test_report_without_mlflow_or_optuna_says_so(tmp_path):
     [written] = write_report(res)
     assert written.logged_to is None and "not logged" in written.notes[0]
     assert "no optuna.db" in (d / "report.md").read_text()
+
+
+def test_three_objective_report_and_out_dir(tmp_path):
+    import json as _json
+
+    d = write_study(tmp_path, "three", make_trials(16, seed=13))
+    meta = _json.loads((d / "study.json").read_text())
+    meta["objectives"].append({"metric": "params", "mode": "min"})
+    meta["reference_point"].append(20000)
+    (d / "study.json").write_text(_json.dumps(meta))
+    res = analyze_studies([d])["digits"]
+    out = tmp_path / "reports"
+    [written] = write_report(res, out, log_mlflow=False)
+    assert written.folder == out and not (d / "pareto.csv").exists()
+    assert '"type":"scatter3d"' in (out / "pareto_front.html").read_text().replace(" ", "")
+    import matplotlib.image as mpimg
+    img = mpimg.imread(out / "pareto_front.png")
+    assert img.shape[1] > 2 * img.shape[0]  # three panels side by side: one per pair of objectives
+    assert len(pd.read_csv(out / "pareto.csv")) == len(res.front)
