@@ -16,9 +16,10 @@ Conventions
 * Non-dominated set: :func:`moocore.is_nondominated` (duplicates of a front point: first kept).
 * Hypervolume: :func:`moocore.hypervolume` with the space's fixed reference point; points that do
   not strictly dominate the reference point add nothing.
-* Hypervolume history: after each trial in table order (the order the runner recorded them;
-  merged studies in the order of their ``created`` time), the hypervolume of the candidates seen
-  so far.
+* Hypervolume history: after each trial in the order the trials finished, the hypervolume of the
+  candidates seen so far. The order comes from the end times of the trials' MLflow runs
+  (``mlflow_run_id``) when the study has a tracking store, else from the table's row order; merged
+  studies follow each other in the order of their ``created`` time.
 * Knee: the front member minimising the augmented achievement scalarizing function (ASF, equal
   weights) on objectives normalised by the front's ideal and nadir points, i.e. the member
   closest to the ideal point in the weighted Chebyshev sense (Wierzbicki's reference-point
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -84,6 +86,7 @@ class Study:
     path: Path
     meta: dict
     trials: pd.DataFrame
+    order_source: str = "table row order"
 
     @property
     def name(self) -> str:
@@ -273,7 +276,36 @@ def load_study(path: str | Path) -> Study:
     trials = trials.copy()
     trials["trial_id"] = trials["trial_id"].astype(str)
     trials["is_baseline"] = _bool_column(trials["is_baseline"]) if "is_baseline" in trials.columns else False
-    return Study(path=p.resolve(), meta=meta, trials=trials)
+    trials, source = _completion_order(trials, meta)
+    return Study(path=p.resolve(), meta=meta, trials=trials, order_source=source)
+
+
+def _completion_order(trials: pd.DataFrame, meta: dict) -> tuple[pd.DataFrame, str]:
+    """Rows sorted by when each trial finished (end time of its MLflow run; unfinished ones last).
+
+    Falls back to the table's row order when the study has no tracking store or the runs cannot
+    be read. Returns (sorted table, a phrase saying where the order came from).
+    """
+    uri, parent = meta.get("tracking_uri"), meta.get("parent_run_id")
+    if not uri or not parent or "mlflow_run_id" not in trials.columns:
+        return trials, "table row order"
+    try:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = meta.get("experiment_id") or client.get_run(parent).info.experiment_id
+        runs = client.search_runs([str(exp_id)], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                  max_results=50000)
+    except Exception:  # an unreadable store only costs the ordering
+        return trials, "table row order (MLflow store unreadable)"
+    when = {r.info.run_id: (r.info.end_time or r.info.start_time) for r in runs}
+    key = trials["mlflow_run_id"].astype(str).map(when)
+    if key.isna().all():
+        return trials, "table row order"
+    order = pd.to_numeric(key, errors="coerce").fillna(float("inf")).to_numpy()
+    idx = sorted(range(len(trials)), key=lambda i: (order[i], i))
+    return trials.iloc[idx].reset_index(drop=True), "end times of the trials' MLflow runs"
 
 
 # ----------------------------------------------------------------------------- analysis

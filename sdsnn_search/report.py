@@ -244,7 +244,7 @@ def _plot_history(res: ParetoResult, path: Path) -> None:
     ax.step(h["order"], h["hypervolume"], where="post", color="tab:red")
     ax.scatter(h.loc[h["feasible"], "order"], h.loc[h["feasible"], "hypervolume"], s=12, color="tab:blue",
                label="feasible trial", zorder=3)
-    ax.set_xlabel("trial (in the order recorded)")
+    ax.set_xlabel("trials finished")
     ax.set_ylabel("hypervolume")
     ax.set_title(f"{res.dataset}: hypervolume history (reference point {[_fmt(v) for v in res.reference_point]})",
                  fontsize=9)
@@ -335,7 +335,9 @@ def _report_md(res: ParetoResult, importances: list[tuple[str, Optional[pd.DataF
     lines += ["Objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in objs) + ". "
               + "Constraints: " + ("; ".join(str(c) for c in res.constraints) or "none") + ". "
               + f"Reference point: ({', '.join(_fmt(v) for v in res.reference_point)}).", ""]
-    lines += [f"**Hypervolume: {res.hypervolume:.6g}** (see hypervolume.png for its history).", ""]
+    order = "; ".join(sorted({s.order_source for s in res.studies}))
+    lines += [f"**Hypervolume: {res.hypervolume:.6g}** (see hypervolume.png for its history over the "
+              f"trials in the order they finished: {order}).", ""]
     k = res.knee
     lines += ["## Knee point", "",
               f"Trial `{res.knee_trial_id}` (study `{k['study']}`), chosen by the augmented achievement "

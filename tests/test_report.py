@@ -112,3 +112,26 @@ def test_three_objective_report_and_out_dir(tmp_path):
     img = mpimg.imread(out / "pareto_front.png")
     assert img.shape[1] > 2 * img.shape[0]  # three panels side by side: one per pair of objectives
     assert len(pd.read_csv(out / "pareto.csv")) == len(res.front)
+
+
+def test_hypervolume_history_follows_mlflow_end_times(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    trials = make_trials(8, seed=14)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment("o", artifact_location=str(tmp_path / "art"))
+    parent = c.create_run(exp, run_name="o").info.run_id
+    finish = np.random.default_rng(1).permutation(len(trials))  # the order the trials finished
+    ids = []
+    for i in range(len(trials)):
+        rid = c.create_run(exp, start_time=1000, tags={MLFLOW_PARENT_RUN_ID: parent}).info.run_id
+        c.set_terminated(rid, end_time=10_000 + 1000 * int(finish[i]))
+        ids.append(rid)
+    trials["mlflow_run_id"] = ids
+    d = write_study(tmp_path, "o", trials, tracking_uri=uri, parent_run_id=parent)
+    res = analyze_studies([d])["digits"]
+    expected = list(trials["trial_id"].to_numpy()[np.argsort(finish)])
+    assert list(res.history["trial_id"]) == expected
+    assert res.studies[0].order_source.startswith("end times")
