@@ -230,7 +230,7 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
     from sdsnn.compact import compact, live_widths, load_model, save_model
     from sdsnn.data import build_loaders
     from sdsnn.energy import count_operations
-    from sdsnn.train import evaluate, restore
+    from sdsnn.train import evaluate, logit_scale, restore
 
     trial_id = str(row["trial_id"])
     run_dir = Path(str(row.get("run_dir") or ""))
@@ -262,7 +262,7 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
             n_diff = int((rates_ckpt.argmax(1) != rates_loaded.argmax(1)).sum())
             raise RuntimeError(f"export of trial {trial_id}: the loaded model predicts differently from the "
                                f"checkpoint on {n_diff} of {len(labels)} test samples; nothing was exported")
-        test = evaluate(loaded, bundle.test, torch.device("cpu"), cfg.train.loss, cfg.data.time_steps)
+        test = evaluate(loaded, bundle.test, torch.device("cpu"), cfg.train.loss, logit_scale(cfg))
 
         # measured cost: parameters, energy on test inputs, inference time compact vs dense
         batches = []
