@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,8 @@ from sdsnn_search.pareto import (
     to_minimisation,
 )
 
-from _synth_study import make_trials, write_study
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _synth_study import make_trials, write_study  # noqa: E402
 
 MODES = {2: [True, False], 3: [True, False, True]}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,8 @@ import pytest
 from sdsnn_search.pareto import analyze_studies
 from sdsnn_search.report import REPORT_FILES, write_report
 
-from _synth_study import make_trials, write_study
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _synth_study import make_trials, write_study  # noqa: E402
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
