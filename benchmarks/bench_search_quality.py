@@ -2,7 +2,7 @@
 
 Each sampler runs 3 seeds with the same budget (N trials, same epochs) on search_spaces/digits.yaml;
 the hypervolume of the completed trials' (val_acc max, energy_pj min) front is computed with
-moocore against the space's reference point (val_acc negated so that both are minimised).
+sdsnn_search.pareto.hypervolume (moocore) against the space's reference point.
 
     .venv/bin/python benchmarks/bench_search_quality.py [N] [EPOCHS]   # -> results/benchmarks/search_quality.json
 """
@@ -14,25 +14,20 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from _search_common import ROOT, start_ray, write
 
+from sdsnn_search.pareto import hypervolume
 from sdsnn_search.runner import run_study
 from sdsnn_search.space import load_space
 
 
-def hypervolume(df, spec) -> float:
-    import moocore
-
-    ok = df[(df["status"] == "completed") & ~df["is_baseline"]]
-    pts, ref = [], []
-    for o, r in zip(spec.objectives, spec.reference_point):
-        sign = -1.0 if o.mode == "max" else 1.0
-        pts.append(sign * ok[o.metric].astype(float).to_numpy())
-        ref.append(sign * r)
+def study_hypervolume(df, spec) -> float:
+    """Hypervolume of the completed (non-baseline) trials against the space's reference point."""
+    ok = df[(df["status"] == "completed") & ~df["is_baseline"].astype(bool)]
     if not len(ok):
         return 0.0
-    return float(moocore.hypervolume(np.column_stack(pts), ref=np.array(ref)))
+    values = ok[[o.metric for o in spec.objectives]].astype(float).to_numpy()
+    return hypervolume(values, [o.mode == "max" for o in spec.objectives], spec.reference_point)
 
 
 def main(n: int = 12, epochs: int = 3) -> None:
@@ -48,7 +43,7 @@ def main(n: int = 12, epochs: int = 3) -> None:
                 t = time.perf_counter()
                 out = run_study(spec, results_dir=d, name=f"{sampler}-{seed}", progress=False)
                 walls.setdefault(sampler, []).append(time.perf_counter() - t)
-                hv = hypervolume(out.table, spec)
+                hv = study_hypervolume(out.table, spec)
                 results.setdefault(sampler, []).append(hv)
                 print(f"{sampler} seed {seed}: hypervolume {hv:.1f} ({out.counts['completed']} completed)", flush=True)
     summary = {s: {"hypervolume": [round(v, 1) for v in hv], "mean": round(statistics.mean(hv), 1),
