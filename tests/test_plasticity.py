@@ -284,8 +284,11 @@ def test_regeneration_only_revives_masked_groups_with_zero_weight_and_state():
     st = opt.state[fc.weight]
     assert st["exp_avg"][0, 2].item() == 0.0 and st["exp_avg_sq"][0, 2].item() == 0.0
     assert opt.state[fc.bias]["exp_avg"][0].item() == 0.0
-    # the revived neuron is not re-pruned in the step that revived it; K stays 2, so another goes
-    assert int((~after.neuron).sum()) == 2
+    # the revival lowers the cumulative target by one neuron: the revived neuron is not re-pruned
+    # and no healthy neuron is pruned in its place
+    assert r["pruned"] == 0
+    assert int((~after.neuron).sum()) == 1
+    assert after.neuron.tolist() == [True, False, True, True, True]
 
 
 def test_update_regrowth_counter_rules():

@@ -21,9 +21,13 @@ Interpretations where docs/sd-snn.md leaves a choice (each is documented at its 
   constraint and the masks); the "at the previous step" test of spine growth uses a flag stored
   at that step (``w >= r_hi`` then, against the range of then);
 - masked synapses have no spine dynamics (their counters stay 0, their ranges are frozen);
-- a neuron revived by regeneration cannot be selected by the pruning of the same step (else
-  the cumulative target K would undo every revival at once); revived neurons restart with bias
-  0, BatchNorm weight 1, bias 0 and running statistics (0, 1);
+- a neuron revived by regeneration lowers its layer's cumulative target: ``rho -= 100 / C`` per
+  revived neuron, so that K = floor(C * rho / 100) neither re-prunes it at once (which would
+  undo every revival) nor prunes a healthy neuron in its place (which would let regeneration
+  swap healthy neurons for sparse revived ones, step after step, until a layer is hollowed
+  out; seen on MNIST before this rule). It also cannot be selected by the pruning of the same
+  step. Revived neurons restart with bias 0, BatchNorm weight 1, bias 0 and running statistics
+  (0, 1);
 - pruned neurons rank below every alive neuron (not just "score 0"), so ties at 0 never let an
   alive neuron take a pruned neuron's place in the K lowest;
 - the regrowth signal is only accumulated from step 2N + 1 on (it is reset at every step and
@@ -277,10 +281,15 @@ class StructuralDevelopment:
                 if L.prunes_neurons:
                     revived = regrow.any(dim=1) & ~L.neuron
                     if bool(revived.any()):
+                        nrev = int(revived.sum())
                         L.neuron |= revived
                         revived_by_layer[i] = revived
-                        out["revived"] += int(revived.sum())
+                        out["revived"] += nrev
                         self._revive_neuron_params(L, revived, optimizer)
+                        # Regeneration repairs over-pruning: the cumulative target drops by the
+                        # revived neurons, so K = floor(C * rho / 100) does not prune healthy
+                        # neurons in their place.
+                        L.rho = max(0.0, L.rho - 100.0 * nrev / L.li.num_neurons)
 
             # 8. neuronal pruning, after regeneration
             for i, L in enumerate(self._layers):
