@@ -6,6 +6,8 @@ slice batches out of them and convert to float per batch.
 
 from __future__ import annotations
 
+import abc
+
 import gzip
 import os
 import pickle
@@ -57,9 +59,9 @@ class ImageDataset(Dataset):
     def counts(self, root: Path) -> dict[str, int]:
         return {s: len(self._read_cached(str(root / self.folder), s)[1]) for s in ("train", "test")}
 
+    @abc.abstractmethod
     def read(self, folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (uint8 images [N, C, H, W], int64 labels [N]) of ``split``."""
-        raise NotImplementedError
 
     def _read_cached(self, folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         return _cached_read(type(self), folder, split)

@@ -18,6 +18,7 @@ Nothing here imports torch or tonic, so ``sdsnn-search data check`` stays fast.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence, TypeVar
@@ -62,7 +63,7 @@ class DatasetStatus:
     note: str = ""
 
 
-class Dataset:
+class Dataset(abc.ABC):
     """Base class of registered datasets (see :class:`ImageDataset` and :class:`EventDataset`).
 
     Subclasses set the class attributes and implement :meth:`is_present`, :meth:`counts`,
@@ -83,13 +84,13 @@ class Dataset:
         """Human-readable description of the files expected under ``<root>/<folder>``."""
         return "its files"
 
+    @abc.abstractmethod
     def is_present(self, root: Path) -> bool:
         """Whether ``root`` holds a usable (possibly partial) copy."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def counts(self, root: Path) -> dict[str, int]:
         """Sample counts per split of the copy under ``root``."""
-        raise NotImplementedError
 
     def find(self, roots: Sequence[Path]) -> Optional[Path]:
         """The first data root holding this dataset, or None."""
@@ -128,9 +129,9 @@ class Dataset:
         """Input shape (C, H, W) of the tensors produced for ``cfg``."""
         return self.input_shape
 
+    @abc.abstractmethod
     def load(self, root: Path, split: str, cfg: Any, limit: Optional[int] = None, progress: bool = False) -> SplitArrays:
         """Read ``split`` ("train" | "test") into memory; only the first ``limit`` samples if given."""
-        raise NotImplementedError
 
     # ---- downloading
     def fetch(self, roots: Sequence[Path]) -> Path:
