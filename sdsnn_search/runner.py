@@ -41,7 +41,7 @@ import pandas as pd  # noqa: E402
 from sdsnn.errors import ConfigError, UserError  # noqa: E402
 
 from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
-from .trainable import BASELINE_KEY, run_trial  # noqa: E402
+from .trainable import BASELINE_KEY, NON_METRIC_KEYS, run_trial  # noqa: E402
 
 __all__ = ["run_study", "resume_study", "StudyOutcome", "check_resources", "read_study", "STUDY_FILE"]
 
@@ -49,10 +49,6 @@ STUDY_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
 RAY_DIR = "ray"
 
-_NON_METRIC = {"trial_status", "run_dir", "hostname", "node_id", "pid", "trial_id", "date", "experiment_id",
-               "node_ip", "done", "should_checkpoint", "time_this_iter_s", "timestamp", "timesteps_total",
-               "episodes_total", "iterations_since_restore", "time_since_restore", "checkpoint_dir_name",
-               "training_iteration", "time_total_s", "config"}
 
 
 # ------------------------------------------------------------------ Optuna side
@@ -260,7 +256,7 @@ def _table_callback_class():
                 v = _get_path(self.base_config, path) if baseline else trial.config.get(path)
                 r[f"config/{path}"] = v
             for k, v in last.items():
-                if k in _NON_METRIC or k in r or k.startswith("config/"):
+                if k in NON_METRIC_KEYS or k in r or k.startswith("config/"):
                     continue
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     r[k] = float(v)

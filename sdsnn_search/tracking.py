@@ -22,6 +22,7 @@ from typing import Any, Optional
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from ray.tune import Callback  # noqa: E402
+from .trainable import NON_METRIC_KEYS  # noqa: E402
 
 __all__ = [
     "default_tracking_uri",
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 
 TRIAL_TAG = "trial_id"
 _PARENT_TAG = "mlflow.parentRunId"
-_SKIP = {"trial_status", "run_dir", "hostname", "node_id", "pid", "trial_id", "date", "experiment_id",
-         "node_ip", "config", "done", "should_checkpoint", "time_this_iter_s", "timestamp",
-         "timesteps_total", "episodes_total", "iterations_since_restore", "time_since_restore",
-         "checkpoint_dir_name", "training_iteration", "time_total_s"}
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -240,7 +237,7 @@ class MlflowTracker(Callback):
         step = int(result.get("epoch") or result.get("training_iteration") or 0)
         ts = _now_ms()
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   if k not in NON_METRIC_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(float(v))]
         tags = [RunTag(k, str(result[k])) for k in ("hostname", "node_id", "pid", "run_dir") if k in result]
         self.client.log_batch(rid, metrics=metrics, tags=tags)

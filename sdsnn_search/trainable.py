@@ -18,11 +18,19 @@ import socket
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["run_trial", "TrialDiverged", "trial_params", "FINAL_NAME", "BASELINE_KEY"]
+__all__ = ["run_trial", "TrialDiverged", "trial_params", "FINAL_NAME", "BASELINE_KEY", "NON_METRIC_KEYS"]
 
 #: Written into the run folder when a trial ends; a restarted trial that finds it re-reports it.
 FINAL_NAME = "final.json"
 BASELINE_KEY = "is_baseline"
+
+#: Keys of a reported Tune result that are bookkeeping (ours or Ray's), not metrics.
+NON_METRIC_KEYS = frozenset({
+    "trial_status", "run_dir", "hostname", "node_id", "pid", "trial_id", "date", "experiment_id",
+    "node_ip", "done", "should_checkpoint", "time_this_iter_s", "timestamp", "timesteps_total",
+    "episodes_total", "iterations_since_restore", "time_since_restore", "checkpoint_dir_name",
+    "training_iteration", "time_total_s", "config",
+})
 
 
 class TrialDiverged(RuntimeError):

@@ -9,30 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tiny import tiny_config  # noqa: E402
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _cfg(name: str, **over):
-    from sdsnn.config import ExperimentConfig
-
-    d = {
-        "name": name, "seed": 5,
-        "data": {"dataset": "digits", "time_steps": 2, "batch_size": 32, "train_limit": 320},
-        "model": {"name": "mlp", "depth": 2, "width": 24},
-        "plasticity": {"develop_every": 2, "spine_window": 1, "rho_init_fc": 10.0},
-        "train": {"epochs": 2, "lr": 3e-3, "threads": 1},
-        "energy": {"batches": 1},
-    }
-    for k, v in over.items():
-        sect, key = k.split(".")
-        d[sect][key] = v
-    return ExperimentConfig.model_validate(d)
+    return tiny_config(name, 5, **{"train.epochs": 2, **over})
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,21 +15,12 @@ from sdsnn.config import ExperimentConfig
 from sdsnn.structure import expand_group_mask
 from sdsnn.train import restore, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tiny import tiny_config  # noqa: E402
+
 
 def tiny_cfg(**over) -> ExperimentConfig:
-    d = {
-        "name": "tiny",
-        "seed": 3,
-        "data": {"dataset": "digits", "time_steps": 2, "batch_size": 32, "train_limit": 320},
-        "model": {"name": "mlp", "depth": 2, "width": 24},
-        "plasticity": {"develop_every": 2, "spine_window": 1, "rho_init_fc": 10.0},
-        "train": {"epochs": 3, "lr": 3e-3, "threads": 1},
-        "energy": {"batches": 1},
-    }
-    for k, v in over.items():
-        sect, key = k.split(".")
-        d.setdefault(sect, {})[key] = v
-    return ExperimentConfig.model_validate(d)
+    return tiny_config("tiny", 3, **over)
 
 
 def _strip_times(history):
