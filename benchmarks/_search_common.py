@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 for k, v in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
     os.environ.setdefault(k, v)
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "results" / "benchmarks"
+from _common import ROOT, write_result  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 sys.path.insert(0, str(ROOT / "tests"))
 
 
@@ -24,11 +22,7 @@ def start_ray(num_cpus: int = 2) -> None:
 
 
 def write(name: str, data: dict) -> Path:
-    OUT.mkdir(parents=True, exist_ok=True)
-    data = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()}, **data}
-    p = OUT / f"{name}.json"
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, p)
-    print(json.dumps(data, indent=2))
-    return p
+    """Write results/benchmarks/<name>.json (atomically, with the machine) and print it."""
+    path = write_result(name, data)
+    print(path.read_text())
+    return path
