@@ -59,6 +59,16 @@ class ImageDataset(Dataset):
     def counts(self, root: Path) -> dict[str, int]:
         return {s: len(self._read_cached(str(root / self.folder), s)[1]) for s in ("train", "test")}
 
+    def _download_root(self, roots: Sequence[Path]) -> Path:
+        """Where ``fetch`` puts the files: the first writable data root."""
+        root = writable_root(roots)
+        if root is None:
+            raise DatasetUnavailable(
+                f"{self.name}: no writable data root among {', '.join(map(str, roots))}; "
+                "pass --data-root DIR with a folder you can write"
+            )
+        return root
+
     @abc.abstractmethod
     def read(self, folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (uint8 images [N, C, H, W], int64 labels [N]) of ``split``."""
@@ -196,9 +206,7 @@ class MNIST(ImageDataset):
         return x, y
 
     def fetch(self, roots: Sequence[Path]) -> Path:
-        root = writable_root(roots)
-        if root is None:
-            raise DatasetUnavailable(f"mnist: no writable data root among {', '.join(map(str, roots))}; pass --data-root DIR with a folder you can write")
+        root = self._download_root(roots)
         folder = root / self.folder
         how = (f"mnist: download from {MNIST_URL} failed ({{reason}}); place {', '.join(self.files)} "
                f"(uncompressed or .gz) in {folder}/ and run `sdsnn-search data check mnist`")
@@ -261,9 +269,7 @@ class CIFAR10(ImageDataset):
         return np.concatenate(xs), np.concatenate(ys)
 
     def fetch(self, roots: Sequence[Path]) -> Path:
-        root = writable_root(roots)
-        if root is None:
-            raise DatasetUnavailable(f"cifar10: no writable data root among {', '.join(map(str, roots))}; pass --data-root DIR with a folder you can write")
+        root = self._download_root(roots)
         folder = root / self.folder
         how = (f"cifar10: download from {CIFAR_URL} failed ({{reason}}); place {self.expected_files()} "
                f"(the python version, extracted) in {folder}/ and run `sdsnn-search data check cifar10`")
