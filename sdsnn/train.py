@@ -176,20 +176,6 @@ def _energy_batches(loader: Iterable, n: int) -> list[torch.Tensor]:
     return out
 
 
-@torch.no_grad()
-def _firing_metrics(model, x: torch.Tensor) -> dict[str, float]:
-    """Mean firing rate of each spiking layer on one validation batch: ``firing_rate/<layer>``."""
-    model.eval()
-    model.record_firing = True
-    try:
-        model(x)
-        rates = model.firing_rates()
-    finally:
-        model.record_firing = False
-        model.reset()
-    return {f"firing_rate/{k}": v for k, v in rates.items()}
-
-
 def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device) -> dict[str, float]:
     masks = _current_masks(model, dev)
     m: dict[str, float] = {}
@@ -199,7 +185,7 @@ def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device)
         m.update({"syn_prune_rate": 0.0, "neuron_prune_rate": 0.0, "regrown": 0.0, "pruned": 0.0})
     report = count_operations(model, masks, [x.to(device) for x in energy_inputs], cfg.energy)
     m.update(report.to_metrics())
-    m.update(_firing_metrics(model, energy_inputs[0].to(device)) if energy_inputs else {})
+    m.update(report.firing_metrics())  # recorded during the same forward passes
     params = count_parameters(model, masks)
     m["params"] = float(params["compact"])
     m["dense_params"] = float(params["dense"])
@@ -287,11 +273,10 @@ def train(
                 dev.after_backward()
             # Spike outputs are bounded, so a diverging network shows up in its gradients (or its
             # weights, once they are inf/NaN) before it shows up in the loss: check the grad norm.
-            grads = [p.grad for p in params if p.grad is not None]
             gnorm = (
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
                 if cfg.train.grad_clip
-                else torch.nn.utils.get_total_norm(grads)
+                else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             )
             if not torch.isfinite(gnorm):
                 model.reset()
