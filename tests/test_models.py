@@ -144,3 +144,91 @@ def test_inference_fast_path_gives_the_same_spikes_as_spikingjelly(neuron_kind):
     assert fast_rates == m.firing_rates() and sum(fast_rates.values()) > 0
     assert torch.equal(v_fast, m.blocks[0].neuron.v.detach())
     m.reset()
+
+
+@pytest.mark.parametrize("kind", ["conv", "fc"])
+def test_eval_mode_folds_batchnorm_into_the_weight_layer(kind):
+    """Eval mode runs weight layer + BN as one layer with folded weights: same pre-activations as
+    the two layers in sequence (to float rounding); training mode keeps BN's batch statistics."""
+    from sdsnn.models import SpikingBlock
+
+    torch.manual_seed(5)
+    name = "convnet" if kind == "conv" else "mlp"
+    kw, shape = SMALL[name]
+    m = build_model(ModelConfig(name=name, **kw), shape, 4)
+    block = m.blocks[1]
+    assert isinstance(block, SpikingBlock) and block.spec.kind == kind and block.norm is not None
+    with torch.no_grad():  # BN with non-trivial running statistics and affine parameters
+        n = block.norm
+        n.running_mean.uniform_(-1, 1)
+        n.running_var.uniform_(0.5, 2)
+        n.weight.uniform_(0.5, 1.5)
+        n.bias.uniform_(-0.5, 0.5)
+        if block.layer.bias is not None:
+            block.layer.bias.uniform_(-0.3, 0.3)
+    x = torch.rand(6, *block.layer.weight.shape[1:2], *((4, 4) if kind == "conv" else ()))
+    m.eval()
+    seen = []
+    h = block.layer.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        folded = block._analog(x)
+        reference = block.norm(block.layer(x))
+    h.remove()
+    assert block._folded_params() is not None
+    assert len(seen) == 2  # the folded call still goes through the module (energy hooks see it)
+    assert torch.allclose(folded, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(folded, block.layer(x))  # BN really is in there
+    m.train()
+    assert block._folded_params() is None
+    y = block._analog(x)  # batch statistics: per-channel mean ~0
+    dims = (0, 2, 3) if kind == "conv" else (0,)
+    assert torch.allclose(y.mean(dims), n.bias, atol=1e-4)
+
+
+def test_channels_last_max_pool_matches_max_pool2d():
+    from sdsnn.models import _max_pool2x2_channels_last
+
+    torch.manual_seed(6)
+    for shape in [(3, 5, 7, 9), (2, 4, 6, 6), (2, 3, 8, 5), (1, 1, 2, 2)]:
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        y = _max_pool2x2_channels_last(x)
+        assert torch.equal(y, nn.functional.max_pool2d(x, 2))
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_eval_route_computes_the_same_network_as_the_plain_layers():
+    """Eval mode (folded BN, channels-last, lean LIF, fast pooling) against the plain sequence of
+    modules (conv, BatchNorm, spikingjelly neuron, max_pool2d on NCHW tensors): same outputs."""
+    torch.manual_seed(7)
+    kw, shape = SMALL["convnet"]
+    m = build_model(ModelConfig(name="convnet", v_threshold=0.05, readout="potential", **kw), shape, 4)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2)
+                mod.weight.uniform_(0.5, 1.5)
+    m.eval()
+    m.record_firing = True
+    x = torch.rand(4, 8, *shape)
+    with torch.no_grad():
+        fast = m(x)
+        m.reset()
+    rates = m.firing_rates()
+    assert all(0.02 < rates[n] < 0.98 for n in m.layer_names[:-1])  # hidden layers really spike
+    with torch.no_grad():
+        h = x
+        for b in m.blocks:  # the reference: each module on its own, time folded into the batch
+            if b.flatten_input:
+                h = h.flatten(2)
+            T, B = h.shape[:2]
+            y = b.layer(h.flatten(0, 1))
+            y = b.norm(y) if b.norm is not None else y
+            y = y.reshape((T, B) + tuple(y.shape[1:]))
+            with torch.enable_grad():
+                s = b.neuron(y.requires_grad_()).detach()  # spikingjelly's own kernel
+            if b.pool is not None:
+                s = nn.functional.max_pool2d(s.flatten(0, 1), 2).reshape((T, B) + (s.shape[2], s.shape[3] // 2, s.shape[4] // 2))
+            h = s
+        m.reset()
+    assert torch.allclose(fast, h.mean(0), atol=1e-5)
