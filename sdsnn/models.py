@@ -198,12 +198,12 @@ class SpikingBlock(nn.Module):
         ``BN(Wx + b) = (s * W) x + s * (b - mean) + beta`` with ``s = gamma / sqrt(var + eps)``.
         Computed on every call (one pass over the weights, far less than over the activations),
         so it always reflects the current weights and masks; differentiable, so it also serves a
-        forward pass with gradients in eval mode.
+        forward pass with gradients in eval mode.  In eval mode the BN module itself is not
+        called: hook the weight layer or the neuron to watch a block (the regrowth probe on BN
+        acts in training mode only).
         """
         n = self.norm
         if self.training or n is None or not n.track_running_stats or n.running_mean is None:
-            return None
-        if n._forward_hooks or n._forward_pre_hooks:  # someone watches the BN output itself
             return None
         w = self.layer.weight
         s = n.running_var.add(n.eps).rsqrt()
@@ -222,10 +222,14 @@ class SpikingBlock(nn.Module):
         folded = self._folded_params()
         if folded is not None:
             # through the module, so that its forward hooks (energy counting) still see the call
-            return functional_call(self.layer, folded, (x,))
-        y = self.layer(x)
-        if self.norm is not None:
-            y = self.norm(y)
+            y = functional_call(self.layer, folded, (x,))
+        else:
+            y = self.layer(x)
+            if self.norm is not None:
+                y = self.norm(y)
+        if not self.training and y.dim() == 4 and y.device.type == "cpu":
+            # a 1-channel input leaves the layout ambiguous and the conv then answers NCHW
+            y = y.contiguous(memory_format=torch.channels_last)
         return y
 
     def forward(self, x: torch.Tensor, static: bool = False) -> torch.Tensor:
@@ -287,7 +291,9 @@ class SpikingNet(nn.Module):
         mods = []
         spatial = True  # the current tensor is [C, H, W]
         feat = c
+        self._widest = 1  # most activations of one block per sample and time step (chunking)
         for spec in blocks:
+            self._widest = max(self._widest, spec.out * (h * w if spec.kind == "conv" else 1))
             flatten = False
             if spec.kind == "conv":
                 if not spatial:
@@ -353,9 +359,54 @@ class SpikingNet(nn.Module):
             if m is not self and isinstance(m, sj_base.MemoryModule):
                 m.reset()
 
+    #: CPU inference runs the batch in chunks whose widest activation tensor holds at most this
+    #: many bytes (0: never chunk).  Small tensors stay in cache and are recycled by the
+    #: allocator; a large batch otherwise spends much of its time in page faults on fresh memory.
+    inference_chunk_bytes: int = 8 << 20
+
+    def _chunk_size(self, x: torch.Tensor) -> int:
+        """Samples per chunk for this input (the whole batch when chunking does not apply)."""
+        T, B = int(x.shape[0]), int(x.shape[1])
+        if (
+            self.inference_chunk_bytes <= 0
+            or self.training
+            or torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or any(isinstance(b.neuron, sj_base.MemoryModule) and isinstance(b.neuron.v, torch.Tensor)
+                   for b in self.blocks)  # not at rest: the caller carries state across calls
+        ):
+            return B
+        per_sample = T * self._widest * x.element_size()
+        return max(1, min(B, self.inference_chunk_bytes // per_sample))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"SpikingNet expects x of shape [T, B, C, H, W], got {tuple(x.shape)}")
+        n = self._chunk_size(x)
+        if n < x.shape[1]:
+            return self._forward_chunked(x, n)
+        return self._forward(x)
+
+    def _forward_chunked(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The forward pass over chunks of ``n`` samples; outputs, firing rates and the final
+        membrane potentials are those of one pass over the whole batch."""
+        outs, states, rate_sums = [], [], {}
+        neurons = [b.neuron for b in self.blocks if isinstance(b.neuron, sj_base.MemoryModule)]
+        for xc in x.split(n, dim=1):
+            outs.append(self._forward(xc))
+            states.append([m.v for m in neurons])
+            for k, r in self._rates.items():
+                rate_sums[k] = rate_sums.get(k, 0.0) + r * xc.shape[1]
+            self.reset()
+        for i, m in enumerate(neurons):
+            vs = [st[i] for st in states]
+            if all(isinstance(v, torch.Tensor) for v in vs):
+                m.v = torch.cat(vs, 0)
+        if self.record_firing:
+            self._rates = {k: r / x.shape[1] for k, r in rate_sums.items()}
+        return torch.cat(outs, 0)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         rec = self.record_firing
         if rec:
             self._rates = {}

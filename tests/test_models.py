@@ -232,3 +232,34 @@ def test_eval_route_computes_the_same_network_as_the_plain_layers():
             h = s
         m.reset()
     assert torch.allclose(fast, h.mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["convnet", "mlp"])
+def test_chunked_cpu_inference_equals_one_pass(name):
+    """Eval-mode CPU inference in chunks of the batch: same outputs, firing rates and final
+    membrane potentials as one pass; never chunked with gradients or with state carried over."""
+    torch.manual_seed(8)
+    kw, shape = SMALL[name]
+    m = build_model(ModelConfig(name=name, v_threshold=0.1, readout="potential", **kw), shape, 4).eval()
+    m.record_firing = True
+    x = torch.rand(3, 10, *shape)
+    m.inference_chunk_bytes = 0
+    with torch.no_grad():
+        whole = m(x)
+    rates_whole = m.firing_rates()
+    v_whole = [b.neuron.v.clone() for b in m.blocks[:-1]]
+    m.reset()
+    per_sample = 3 * m._widest * 4
+    m.inference_chunk_bytes = 3 * per_sample  # chunks of 3, 3, 3, 1 samples
+    with torch.no_grad():
+        assert m._chunk_size(x) == 3
+        chunked = m(x)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert m.firing_rates() == pytest.approx(rates_whole, abs=1e-6) and sum(rates_whole.values()) > 0
+    for b, v in zip(m.blocks[:-1], v_whole):
+        assert b.neuron.v.shape == v.shape and torch.allclose(b.neuron.v, v, atol=1e-6)
+    # state carried over from the previous call: one pass, like spikingjelly
+    with torch.no_grad():
+        assert m._chunk_size(x) == 10
+    m.reset()
+    assert m._chunk_size(x) == 10  # gradients enabled
