@@ -1,18 +1,23 @@
 """Benchmark (b): does compaction turn pruned neurons into real inference speed?
 
-Builds a convnet for MNIST-shaped input (1x28x28, direct encoding), prunes a fraction of every
-hidden layer's neurons at random (the pruned neurons' input groups masked too, as SD-SNN does),
-compacts it, and measures on the same batches:
+Two kinds of case, each timed as the masked full-size network against its compacted copy on the
+same batches (eval mode, no grad, fixed torch threads, interleaved repeats):
 
-- inference time of the masked dense network and of the compacted one (median of several
-  interleaved repeats, fixed torch threads, eval mode, no grad);
-- their operation counts: ``exec_macs``, the multiply-accumulates the weight layers execute on this
-  hardware (weights x output positions x rows; the static first layer runs once for all T), and
-  for reference the SD-SNN energy figures of :func:`sdsnn.count_operations`.
+- trained: the SD-SNN models of finished runs (``--run-dir``, default the MNIST benchmark's
+  ``results/bench-mnist/sdsnn`` when it exists; run ``benchmarks/bench_mnist.py`` first), with
+  the pruning SD-SNN actually produced;
+- synthetic: a convnet for MNIST-shaped input (1x28x28, direct encoding) with a fixed fraction of
+  every hidden layer's neurons pruned at random (their input groups masked too, as SD-SNN does),
+  for a sweep of widths and pruning levels.
+
+Operation counts: ``exec_macs``, the multiply-accumulates the weight layers execute on this
+hardware (weights x output positions x rows; the static first layer runs once for all T), and
+for reference the SD-SNN energy figures of :func:`sdsnn.count_operations`.  The time ratio is
+the median over repeats of (compact time / dense time) measured back to back.
 
 Target (issue 3): time ratio (compact / dense) within 1.25x of the exec-MAC ratio.
-Writes results/benchmarks/compaction.json and prints one line.  No training needed: timing and
-operation counts do not depend on the weight values.
+Writes results/benchmarks/compaction.json and prints one line per case.  Inputs are random
+images: timing and operation counts do not depend on the input values.
 
     .venv/bin/python benchmarks/bench_compaction.py
 """
@@ -36,7 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from sdsnn import build_model, compact, count_operations  # noqa: E402
 from sdsnn.config import EnergyConfig, ModelConfig  # noqa: E402
+from sdsnn.models import SpikingNet  # noqa: E402
 from sdsnn.structure import LayerMask, apply_masks  # noqa: E402
+
+DEFAULT_RUN = ROOT / "results" / "bench-mnist" / "sdsnn"
 
 
 def exec_counts(model, x) -> tuple[float, float]:
@@ -85,24 +93,25 @@ def time_model(model, batches) -> float:
     return time.perf_counter() - t0
 
 
-def run_case(width: int, prune: float, a: argparse.Namespace) -> dict:
-    """Dense (masked) vs compacted convnet of base ``width`` with ``prune`` of hidden neurons removed."""
-    torch.manual_seed(a.seed)
-    gen = torch.Generator().manual_seed(a.seed)
-    cfg = ModelConfig(name="convnet", depth=a.depth, width=width, fc_width=a.fc_width, pool_every=2)
-    dense = build_model(cfg, (1, 28, 28), 10, static_input=True).eval()
-    masks = random_neuron_masks(dense, prune, gen)
-    apply_masks(dense.prunable_layers(), masks)
+def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -> dict:
+    """Time the masked network ``dense`` against its compacted copy; op counts and output check."""
     small = compact(dense, masks).eval()
-    batches = [torch.rand(1, a.batch, 1, 28, 28).expand(a.time_steps, -1, -1, -1, -1) for _ in range(a.batches)]
+    dense.eval()
+    batches = [torch.rand(1, a.batch, *input_shape).expand(time_steps, -1, -1, -1, -1)
+               for _ in range(a.batches)]
 
-    # sanity: same outputs (the test suite checks every layer's spikes exactly)
+    # sanity: same outputs (the test suite checks every layer's spikes exactly).  A rate readout
+    # is compared exactly; a potential readout (analog) can differ in the last float bits, since
+    # the compact FC layers sum fewer (zero) terms, so there predictions must agree exactly.
     with torch.no_grad():
-        same = True
+        same, same_pred, max_diff = True, True, 0.0
         for x in batches:
-            same &= torch.equal(dense(x), small(x))
+            yd, ys = dense(x), small(x)
             dense.reset()
             small.reset()
+            same &= torch.equal(yd, ys)
+            same_pred &= torch.equal(yd.argmax(1), ys.argmax(1))
+            max_diff = max(max_diff, float((yd - ys).abs().max()))
 
     # warm-up, then interleaved repeats so that background load hits both alike
     time_model(dense, batches[:1])
@@ -112,22 +121,22 @@ def run_case(width: int, prune: float, a: argparse.Namespace) -> dict:
         t_dense.append(time_model(dense, batches))
         t_small.append(time_model(small, batches))
     td, ts = statistics.median(t_dense), statistics.median(t_small)
+    time_ratio = statistics.median(s_ / d_ for s_, d_ in zip(t_small, t_dense))
 
     macs_d, neur_d = exec_counts(dense, batches[0])
     macs_s, neur_s = exec_counts(small, batches[0])
     e = EnergyConfig(batches=a.batches)
     rep_d = count_operations(dense, masks, batches, e)
     rep_s = count_operations(small, None, batches, e)
-    time_ratio = ts / td
     op_ratio = macs_s / macs_d
     return {
-        "model": cfg.model_dump(mode="json"),
-        "prune_fraction": prune,
         "dense_widths": dense.widths,
         "compact_widths": small.widths,
         "dense_params": sum(p.numel() for p in dense.parameters()),
         "compact_params": sum(p.numel() for p in small.parameters()),
         "outputs_equal": bool(same),
+        "predictions_equal": bool(same_pred),
+        "outputs_max_abs_diff": max_diff,
         "dense_time_s": td,
         "compact_time_s": ts,
         "dense_times_s": t_dense,
@@ -149,45 +158,93 @@ def run_case(width: int, prune: float, a: argparse.Namespace) -> dict:
     }
 
 
+def run_synthetic(width: int, prune: float, a: argparse.Namespace) -> dict:
+    """Convnet of base ``width`` with ``prune`` of every hidden layer's neurons removed at random."""
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+    cfg = ModelConfig(name="convnet", depth=a.depth, width=width, fc_width=a.fc_width, pool_every=2)
+    dense = build_model(cfg, (1, 28, 28), 10, static_input=True).eval()
+    masks = random_neuron_masks(dense, prune, gen)
+    apply_masks(dense.prunable_layers(), masks)
+    r = measure(dense, masks, (1, 28, 28), a.time_steps, a)
+    return {"case": f"synthetic width {width} prune {prune:.0%}", "kind": "synthetic",
+            "model": cfg.model_dump(mode="json"), "prune_fraction": prune, "time_steps": a.time_steps, **r}
+
+
+def run_trained(run_dir: Path, a: argparse.Namespace) -> dict:
+    """The SD-SNN model of a finished run, with the masks its development produced."""
+    from sdsnn.train import restore
+
+    rest = restore(run_dir)
+    model = rest.model
+    masks = rest.masks
+    apply_masks(model.prunable_layers(), masks)
+    t = rest.config.data.time_steps
+    r = measure(model, masks, tuple(model.input_shape), t, a)
+    neurons = sum(int(m.neuron.numel()) for n, m in masks.items() if n != model.layer_names[-1])
+    live = sum(int(m.neuron.sum()) for n, m in masks.items() if n != model.layer_names[-1])
+    return {"case": f"trained {run_dir}", "kind": "trained", "run_dir": str(run_dir),
+            "model": rest.config.model.model_dump(mode="json"), "prune_fraction": 1 - live / neurons,
+            "time_steps": t, **r}
+
+
+def _line(r: dict) -> str:
+    return (
+        f"compaction {r['case']}: widths {r['dense_widths']} -> {r['compact_widths']}; "
+        f"time {r['dense_time_s'] * 1e3:.0f} -> {r['compact_time_s'] * 1e3:.0f} ms (ratio {r['time_ratio']:.3f}); "
+        f"MAC ratio {r['op_ratio']:.3f}; neuron-update ratio {r['neuron_update_ratio']:.3f}; "
+        f"time/op {r['time_over_op_ratio']:.2f} ({'met' if r['target_met'] else 'NOT met'}); "
+        f"outputs equal {r['outputs_equal']} (max diff {r['outputs_max_abs_diff']:.1e}, predictions equal "
+        f"{r['predictions_equal']})"
+    )
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", action="append", default=None,
+                    help=f"finished SD-SNN run to compact (repeatable; default {DEFAULT_RUN} if present)")
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--widths", default="32,64,128", help="base conv widths to try (comma-separated)")
     ap.add_argument("--fc-width", type=int, default=256)
     ap.add_argument("--prunes", default="0.5,0.7", help="fractions of hidden neurons pruned per layer")
     ap.add_argument("--time-steps", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=256, help="inference batch (the configs' eval_batch_size)")
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk-mib", type=float, default=None,
+                    help="SpikingNet.inference_chunk_bytes in MiB (0: one pass per batch; default: the library's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "compaction.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.chunk_mib is not None:
+        SpikingNet.inference_chunk_bytes = int(a.chunk_mib * (1 << 20))
 
     cases = []
-    for w in [int(v) for v in a.widths.split(",")]:
-        for p in [float(v) for v in a.prunes.split(",")]:
-            r = run_case(w, p, a)
-            cases.append(r)
-            print(
-                f"compaction width {w} prune {p:.0%}: widths {r['dense_widths']} -> {r['compact_widths']}; "
-                f"time {r['dense_time_s'] * 1e3:.0f} -> {r['compact_time_s'] * 1e3:.0f} ms (ratio {r['time_ratio']:.3f}); "
-                f"MAC ratio {r['op_ratio']:.3f}; neuron-update ratio {r['neuron_update_ratio']:.3f}; "
-                f"time/op {r['time_over_op_ratio']:.2f} ({'met' if r['target_met'] else 'NOT met'}); "
-                f"outputs equal {r['outputs_equal']}",
-                flush=True,
-            )
+    run_dirs = [Path(d) for d in a.run_dir] if a.run_dir is not None else (
+        [DEFAULT_RUN] if (DEFAULT_RUN / "checkpoint.pt").exists() else [])
+    if not run_dirs:
+        print(f"compaction: no trained run ({DEFAULT_RUN} absent; run benchmarks/bench_mnist.py first "
+              "or pass --run-dir); synthetic cases only", flush=True)
+    for d in run_dirs:
+        cases.append(run_trained(d, a))
+        print(_line(cases[-1]), flush=True)
+    for w in [int(v) for v in a.widths.split(",") if v]:
+        for p in [float(v) for v in a.prunes.split(",") if v]:
+            cases.append(run_synthetic(w, p, a))
+            print(_line(cases[-1]), flush=True)
     result = {
         "benchmark": "compaction",
         "command": "benchmarks/bench_compaction.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "target": "time_ratio <= 1.25 * op_ratio (op = executed MACs of the weight layers)",
         "input_shape": [1, 28, 28],
-        "time_steps": a.time_steps,
+        "time_steps_synthetic": a.time_steps,
         "batch": a.batch,
         "batches": a.batches,
         "repeats": a.repeats,
         "threads": a.threads,
+        "inference_chunk_bytes": SpikingNet.inference_chunk_bytes,
         "cases": cases,
         "all_met": all(c["target_met"] for c in cases),
         "torch": torch.__version__,
