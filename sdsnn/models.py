@@ -12,9 +12,10 @@ unfolds it for the neuron, which integrates over time.
 Inference (eval mode) takes a leaner route with the same function: BatchNorm with running
 statistics is folded into the weight layer's weights and bias, and on CPU convolutions run in
 channels-last layout (oneDNN's fast kernels for narrow layers).  Under ``torch.no_grad()`` the LIF
-neurons also skip the autograd bookkeeping (:func:`_lif_inference`).  This is what makes a
-compacted network's inference time follow its operation count: element-wise passes over the
-activations cost little beside the convolutions.  Training mode is untouched.
+neurons also skip the autograd bookkeeping (:func:`_lif_inference`), and large CPU batches run in
+chunks (:attr:`SpikingNet.inference_chunk_bytes`).  Fewer element-wise passes over the activations
+bring a compacted network's inference time closer to its operation count (per-neuron work still
+shrinks only linearly with width; see benchmarks/bench_compaction.py).  Training is untouched.
 
 Backbones (registry :data:`MODELS`, extend with :func:`register_model`):
 
@@ -395,8 +396,9 @@ class SpikingNet(nn.Module):
         for xc in x.split(n, dim=1):
             outs.append(self._forward(xc))
             states.append([m.v for m in neurons])
-            for k, r in self._rates.items():
-                rate_sums[k] = rate_sums.get(k, 0.0) + r * xc.shape[1]
+            if self.record_firing:
+                for k, r in self._rates.items():
+                    rate_sums[k] = rate_sums.get(k, 0.0) + r * xc.shape[1]
             self.reset()
         for i, m in enumerate(neurons):
             vs = [st[i] for st in states]
