@@ -181,10 +181,8 @@ def run_trained(run_dir: Path, a: argparse.Namespace) -> dict:
     apply_masks(model.prunable_layers(), masks)
     t = rest.config.data.time_steps
     r = measure(model, masks, tuple(model.input_shape), t, a)
-    neurons = sum(int(m.neuron.numel()) for n, m in masks.items() if n != model.layer_names[-1])
-    live = sum(int(m.neuron.sum()) for n, m in masks.items() if n != model.layer_names[-1])
     return {"case": f"trained {run_dir}", "kind": "trained", "run_dir": str(run_dir),
-            "model": rest.config.model.model_dump(mode="json"), "prune_fraction": 1 - live / neurons,
+            "model": rest.config.model.model_dump(mode="json"), "prune_fraction": rest.metrics["neuron_prune_rate"],
             "time_steps": t, **r}
 
 
