@@ -88,8 +88,7 @@ def time_model(model, batches) -> float:
     t0 = time.perf_counter()
     with torch.no_grad():
         for x in batches:
-            model(x)
-            model.reset()
+            model.predict(x)
     return time.perf_counter() - t0
 
 
@@ -106,9 +105,7 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
     with torch.no_grad():
         same, same_pred, max_diff = True, True, 0.0
         for x in batches:
-            yd, ys = dense(x), small(x)
-            dense.reset()
-            small.reset()
+            yd, ys = dense.predict(x), small.predict(x)
             same &= torch.equal(yd, ys)
             same_pred &= torch.equal(yd.argmax(1), ys.argmax(1))
             max_diff = max(max_diff, float((yd - ys).abs().max()))

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from spikingjelly.activation_based import base as sj_base, layer as sj_layer, neuron as sj_neuron, surrogate
@@ -124,7 +125,7 @@ def _empty_sequence_like(x_seq: torch.Tensor) -> torch.Tensor:
     return torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
 
 
-def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
+def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor, keep_state: bool = True) -> torch.Tensor:
     """Multi-step LIF/PLIF forward without autograd bookkeeping (CPU inference).
 
     The same arithmetic as spikingjelly's CPU kernel with hard reset to 0 (``h = v + (x - v) /
@@ -133,33 +134,86 @@ def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
     sequence that the backward pass needs and makes few passes over memory per step:
 
     - from rest (``v`` the scalar 0), ``v + (x - v) / tau`` is exactly ``x / tau``;
+    - otherwise ``d = x - v`` then one ``addcdiv`` (``v + (1 * d) / tau``, exact; PLIF multiplies
+      and adds in two passes, since ``addcmul`` fuses into an FMA with another rounding), all in
+      one buffer reused over the steps;
     - the comparison writes float spikes straight into the output tensor;
     - the reset is ``v = h - h * s`` (one fused pass; exact, since ``h * s`` is ``h`` or ``0``),
-      several times cheaper than a masked fill on CPU.
+      several times cheaper than a masked fill on CPU, also into a reused buffer.
 
-    The final membrane potential is kept in ``neuron.v`` as spikingjelly would.
+    With ``keep_state`` the final membrane potential is kept in ``neuron.v`` as spikingjelly
+    would; without it (stateless inference, :meth:`SpikingNet.predict`) the last step's reset is
+    skipped and ``neuron.v`` is left as it was.
     """
     v = neuron.v
     q = neuron.w.detach().float().sigmoid() if isinstance(neuron, sj_neuron.ParametricLIFNode) else None
-    tau = getattr(neuron, "tau", None)
+    tau = None if q is not None else torch.tensor(float(neuron.tau), dtype=x_seq.dtype)
     thr = neuron.v_threshold
     out = _empty_sequence_like(x_seq)
-    for t in range(x_seq.shape[0]):
+    steps = x_seq.shape[0]
+    h = v_buf = None
+    for t in range(steps):
+        x = x_seq[t]
         if not isinstance(v, torch.Tensor) and float(v) == 0.0:
-            h = torch.mul(x_seq[t], q) if q is not None else torch.div(x_seq[t], tau)
+            h = torch.mul(x, q) if q is not None else torch.div(x, tau)
         else:
             if not isinstance(v, torch.Tensor):
-                v = torch.full_like(x_seq[t], float(v))
-            h = torch.sub(x_seq[t], v)
-            if q is not None:
-                h.mul_(q)
+                v = torch.full_like(x, float(v))
+            if h is None:
+                h = torch.empty_like(x)
+            torch.sub(x, v, out=h)
+            if q is not None:  # h = v + (x - v) * q (addcmul would fuse into an FMA: other rounding)
+                h.mul_(q).add_(v)
             else:
-                h.div_(tau)
-            h.add_(v)  # h = v + (x - v) / tau, in place
+                torch.addcdiv(v, h, tau, out=h)  # h = v + (x - v) / tau
         s = torch.ge(h, thr, out=out[t])
-        v = torch.addcmul(h, h, s, value=-1.0)
-    neuron.v = v
+        if keep_state or t < steps - 1:
+            if v_buf is None:
+                v_buf = torch.empty_like(h)
+            v = torch.addcmul(h, h, s, value=-1.0, out=v_buf)
+    if keep_state:
+        neuron.v = v
     return out
+
+
+def _conv_1ch_channels_last(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
+                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``conv`` (with these weight and bias) applied to a 1-channel ``[N, 1, H, W]`` input as one
+    batched GEMM over its kernel-sized patches; the output is channels-last.
+
+    For a 1-channel input the memory layout is ambiguous and oneDNN answers NCHW; converting that
+    to channels-last (what the spiking layers after it want) costs more than the convolution.
+    The patches of a single channel are few (kh * kw per output position), and ``patches x
+    weight^T`` lands directly in ``[N, H', W', C]`` order, 2-4x faster than conv + conversion.
+    """
+    n = x.shape[0]
+    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    oh, ow = (
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, p, d, k, s in zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)
+    )
+    c_out = weight.shape[0]
+    w_t = weight.reshape(c_out, -1).t().unsqueeze(0).expand(n, -1, -1)  # [N, kh*kw, C]
+    if bias is None:
+        y = torch.bmm(cols.transpose(1, 2), w_t)
+    else:
+        y = torch.baddbmm(bias.reshape(1, 1, c_out), cols.transpose(1, 2), w_t)
+    return y.view(n, oh, ow, c_out).permute(0, 3, 1, 2)
+
+
+def _gemm_conv_ok(layer: nn.Module, x: torch.Tensor) -> bool:
+    """A 1-channel input to a plain conv on CPU, with nobody watching the conv module."""
+    return (
+        isinstance(layer, nn.Conv2d)
+        and x.dim() == 4
+        and x.shape[1] == 1
+        and x.device.type == "cpu"
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+        and not layer._forward_hooks  # energy counting hooks the module: it goes through forward
+        and not layer._forward_pre_hooks
+    )
 
 
 def _max_pool2x2_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -218,9 +272,15 @@ class SpikingBlock(nn.Module):
 
     def _analog(self, x: torch.Tensor) -> torch.Tensor:
         """Weight layer + BN on a [N, ...] tensor (N = T*B, or B for a static input)."""
+        folded = self._folded_params()
+        if not self.training and _gemm_conv_ok(self.layer, x):
+            if folded is None:
+                folded = {"weight": self.layer.weight, "bias": self.layer.bias}
+                if self.norm is not None:  # BN without running statistics: after the conv
+                    return self.norm(_conv_1ch_channels_last(self.layer, x, **folded))
+            return _conv_1ch_channels_last(self.layer, x, **folded)
         if not self.training and x.dim() == 4 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        folded = self._folded_params()
         if folded is not None:
             # through the module, so that its forward hooks (energy counting) still see the call
             y = functional_call(self.layer, folded, (x,))
@@ -233,7 +293,9 @@ class SpikingBlock(nn.Module):
             y = y.contiguous(memory_format=torch.channels_last)
         return y
 
-    def forward(self, x: torch.Tensor, static: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, static: bool = False, keep_state: bool = True) -> torch.Tensor:
+        """``keep_state=False``: the caller discards the neurons' final state (stateless
+        inference); the lean CPU loop then skips computing it."""
         if self.flatten_input:
             x = x.flatten(2)
         if self.dropout is not None:
@@ -247,7 +309,7 @@ class SpikingBlock(nn.Module):
         else:
             y = self._analog(x.flatten(0, 1))
             y = y.reshape((T, B) + tuple(y.shape[1:]))
-        s = _lif_inference(self.neuron, y) if _fast_path_ok(self.neuron, y) else self.neuron(y)
+        s = _lif_inference(self.neuron, y, keep_state) if _fast_path_ok(self.neuron, y) else self.neuron(y)
         if self.pool is not None:
             s = s.flatten(0, 1)
             if not self.training and s.is_contiguous(memory_format=torch.channels_last):
@@ -365,55 +427,77 @@ class SpikingNet(nn.Module):
     #: allocator; a large batch otherwise spends much of its time in page faults on fresh memory.
     inference_chunk_bytes: int = 8 << 20
 
+    def _at_rest_cpu_inference(self, x: torch.Tensor) -> bool:
+        """Eval mode, no autograd, CPU, and every neuron at rest (no state carried from a call)."""
+        return (
+            not self.training
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and not any(isinstance(b.neuron, sj_base.MemoryModule) and isinstance(b.neuron.v, torch.Tensor)
+                        for b in self.blocks)
+        )
+
     def _chunk_size(self, x: torch.Tensor) -> int:
         """Samples per chunk for this input (the whole batch when chunking does not apply)."""
-        T, B = int(x.shape[0]), int(x.shape[1])
-        if (
-            self.inference_chunk_bytes <= 0
-            or self.training
-            or torch.is_grad_enabled()
-            or x.device.type != "cpu"
-            or any(isinstance(b.neuron, sj_base.MemoryModule) and isinstance(b.neuron.v, torch.Tensor)
-                   for b in self.blocks)  # not at rest: the caller carries state across calls
-        ):
+        B = int(x.shape[1])
+        if self.inference_chunk_bytes <= 0 or not self._at_rest_cpu_inference(x):
             return B
-        per_sample = T * self._widest * x.element_size()
+        per_sample = int(x.shape[0]) * self._widest * x.element_size()
         return max(1, min(B, self.inference_chunk_bytes // per_sample))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output (spike rates, or mean potential for ``readout: potential``) for ``x [T, B, ...]``,
+        continuing from the neurons' current state and leaving their final state in place (the
+        spikingjelly convention; call :meth:`reset` between independent batches)."""
         if x.dim() != 5:
             raise ValueError(f"SpikingNet expects x of shape [T, B, C, H, W], got {tuple(x.shape)}")
         n = self._chunk_size(x)
         if n < x.shape[1]:
-            return self._forward_chunked(x, n)
+            return self._forward_chunked(x, n, keep_state=True)
         return self._forward(x)
 
-    def _forward_chunked(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """The forward pass over chunks of ``n`` samples; outputs, firing rates and the final
-        membrane potentials are those of one pass over the whole batch."""
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` followed by :meth:`reset`: the output for an independent batch, with the
+        network left at rest.  The entry point for inference: in eval mode without autograd on
+        CPU the neurons' final state is never built (one pass per step less, and no gathering of
+        the chunks' states)."""
+        if x.dim() != 5:
+            raise ValueError(f"SpikingNet expects x of shape [T, B, C, H, W], got {tuple(x.shape)}")
+        if self._at_rest_cpu_inference(x):
+            n = self._chunk_size(x)
+            y = self._forward_chunked(x, n, keep_state=False) if n < x.shape[1] else self._forward(x, False)
+        else:
+            y = self.forward(x)
+        self.reset()
+        return y
+
+    def _forward_chunked(self, x: torch.Tensor, n: int, keep_state: bool) -> torch.Tensor:
+        """The forward pass over chunks of ``n`` samples; outputs, firing rates and (with
+        ``keep_state``) the final membrane potentials are those of one pass over the whole batch."""
         outs, states, rate_sums = [], [], {}
         neurons = [b.neuron for b in self.blocks if isinstance(b.neuron, sj_base.MemoryModule)]
         for xc in x.split(n, dim=1):
-            outs.append(self._forward(xc))
-            states.append([m.v for m in neurons])
+            outs.append(self._forward(xc, keep_state))
+            if keep_state:
+                states.append([m.v for m in neurons])
             if self.record_firing:
                 for k, r in self._rates.items():
                     rate_sums[k] = rate_sums.get(k, 0.0) + r * xc.shape[1]
             self.reset()
         for i, m in enumerate(neurons):
             vs = [st[i] for st in states]
-            if all(isinstance(v, torch.Tensor) for v in vs):
+            if vs and all(isinstance(v, torch.Tensor) for v in vs):
                 m.v = torch.cat(vs, 0)
         if self.record_firing:
             self._rates = {k: r / x.shape[1] for k, r in rate_sums.items()}
         return torch.cat(outs, 0)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, keep_state: bool = True) -> torch.Tensor:
         rec = self.record_firing
         if rec:
             self._rates = {}
         for i, b in enumerate(self.blocks):
-            x = b(x, static=(i == 0 and self.static_input))
+            x = b(x, static=(i == 0 and self.static_input), keep_state=keep_state)
             if rec and b.spec.neuron != "none":
                 self._rates[b.spec.name] = x.detach().float().mean()
         return x.mean(0)

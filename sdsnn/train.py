@@ -113,8 +113,7 @@ def predict(model: torch.nn.Module, loader: Iterable, device: torch.device) -> t
     model.eval()
     preds, labels = [], []
     for x, y in loader:
-        rates = model(x.to(device, non_blocking=True))
-        model.reset()
+        rates = model.predict(x.to(device, non_blocking=True))
         preds.append(rates.argmax(1).cpu())
         labels.append(y)
     return torch.cat(preds), torch.cat(labels)
@@ -129,8 +128,7 @@ def evaluate(
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
         y = y.to(device)
-        rates = model(x.to(device, non_blocking=True))
-        model.reset()
+        rates = model.predict(x.to(device, non_blocking=True))
         loss_sum += float(_loss(rates, y, loss_kind, logit_scale)) * y.numel()
         correct += int((rates.argmax(1) == y).sum())
         total += y.numel()

@@ -96,8 +96,7 @@ def _outputs(model, loader) -> "Any":
     out, labels = [], []
     with torch.no_grad():
         for x, y in loader:
-            out.append(model(x).detach().cpu())
-            model.reset()
+            out.append(model.predict(x).detach().cpu())
             labels.append(y)
     return torch.cat(out), torch.cat(labels)
 
@@ -117,8 +116,7 @@ def _time_per_sample_ms(models: list, batches: list, repeats: int = 5, min_round
     def one_pass(model) -> float:
         t0 = time.perf_counter()
         for x in batches:
-            model(x)
-            model.reset()
+            model.predict(x)
         return time.perf_counter() - t0
 
     threads = torch.get_num_threads()
@@ -215,8 +213,7 @@ def _card_md(card: dict) -> str:
         "```python",
         "import sdsnn",
         f"model = sdsnn.load_model({json.dumps(card['folder_name'])})  # this folder; no pickle",
-        "rates = model(x)   # x: float32 [T, B, C, H, W]; returns output spike rates [B, classes]",
-        "model.reset()      # reset neuron state after each batch",
+        "rates = model.predict(x)  # x: float32 [T, B, C, H, W] -> output rates [B, classes]; leaves the net at rest",
         "```",
         "",
     ]

@@ -122,11 +122,11 @@ def test_firing_rates_and_reset():
     assert torch.equal(_run(m, x), y1)
 
 
-@pytest.mark.parametrize("neuron_kind", ["lif", "plif"])
-def test_inference_fast_path_gives_the_same_spikes_as_spikingjelly(neuron_kind):
+@pytest.mark.parametrize("neuron_kind,tau", [("lif", 2.0), ("lif", 1.7), ("plif", 2.0)])
+def test_inference_fast_path_gives_the_same_spikes_as_spikingjelly(neuron_kind, tau):
     torch.manual_seed(4)
     kw, shape = SMALL["convnet"]
-    m = build_model(ModelConfig(name="convnet", neuron=neuron_kind, v_threshold=0.2, **kw), shape, 4)
+    m = build_model(ModelConfig(name="convnet", neuron=neuron_kind, v_threshold=0.2, tau=tau, **kw), shape, 4)
     if neuron_kind == "plif":
         with torch.no_grad():
             for b in m.blocks[:3]:  # the convs are PLIF, the FC layers LIF
@@ -263,3 +263,71 @@ def test_chunked_cpu_inference_equals_one_pass(name):
         assert m._chunk_size(x) == 10
     m.reset()
     assert m._chunk_size(x) == 10  # gradients enabled
+
+
+@pytest.mark.parametrize("name", ["convnet", "dvs_convnet", "mlp"])
+def test_predict_is_forward_then_reset(name):
+    """predict(x) gives forward's output and firing rates and leaves every neuron at rest, chunked
+    or not, from rest or from a carried-over state, with or without autograd."""
+    torch.manual_seed(9)
+    kw, shape = SMALL[name]
+    m = build_model(ModelConfig(name=name, v_threshold=0.1, **kw), shape, 4).eval()
+    m.record_firing = True
+    x = torch.rand(3, 10, *shape)
+    neurons = [b.neuron for b in m.blocks if hasattr(b.neuron, "v")]
+
+    def at_rest():
+        return all(not isinstance(n.v, torch.Tensor) and float(n.v) == 0.0 for n in neurons)
+
+    for chunk in (0, 3 * 3 * m._widest * 4):  # one pass; chunks of 3 samples
+        m.inference_chunk_bytes = chunk
+        with torch.no_grad():
+            ref = m(x)
+            rates = m.firing_rates()
+            m.reset()
+            got = m.predict(x)
+        assert torch.equal(got, ref) and m.firing_rates() == rates and sum(rates.values()) > 0
+        assert at_rest()
+    with torch.no_grad():  # a state carried over from an earlier call is used, then dropped
+        m(x[:1])
+        ref = m(x)
+        m.reset()
+        m(x[:1])
+        got = m.predict(x)
+    assert torch.equal(got, ref) and at_rest()
+    m.train()
+    torch.manual_seed(1)
+    ref = m(x)
+    m.reset()
+    torch.manual_seed(1)
+    got = m.predict(x)
+    assert torch.equal(got, ref) and got.requires_grad and at_rest()
+
+
+def test_one_channel_conv_runs_as_a_gemm_with_channels_last_output():
+    """A 1-channel input (layout ambiguous for oneDNN) is convolved as patches x weights: same
+    values as conv2d, channels-last output; a hooked conv still goes through its module."""
+    from sdsnn.models import SpikingBlock, _conv_1ch_channels_last
+
+    torch.manual_seed(10)
+    x = torch.randn(5, 1, 11, 9)
+    for conv in [nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(1, 4, 5, padding=2, stride=2, bias=False),
+                 nn.Conv2d(1, 3, 3, padding=(0, 1), dilation=2)]:
+        with torch.no_grad():
+            y = _conv_1ch_channels_last(conv, x, conv.weight, conv.bias)
+            assert torch.allclose(y, conv(x), atol=1e-5)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    kw, shape = SMALL["convnet"]
+    m = build_model(ModelConfig(name="convnet", **kw), shape, 4).eval()
+    block = m.blocks[0]
+    assert isinstance(block, SpikingBlock) and block.layer.in_channels == 1
+    xb = torch.rand(4, *shape)
+    with torch.no_grad():
+        fast = block._analog(xb)
+        seen = []
+        h = block.layer.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+        hooked = block._analog(xb)
+        h.remove()
+        reference = block.norm(block.layer(xb))
+    assert seen == [fast.shape] and fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(fast, hooked, atol=1e-5) and torch.allclose(fast, reference, atol=1e-5)
