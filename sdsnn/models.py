@@ -113,10 +113,35 @@ def _fast_path_ok(neuron: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _empty_sequence_like(x_seq: torch.Tensor) -> torch.Tensor:
+#: Buffers that one stateless inference call reuses from one chunk of the batch to the next
+#: (:meth:`SpikingNet.predict`): a fresh tensor of a few MB costs page faults on every chunk.
+#: Keys name a buffer's role; a buffer is only handed out again for the same shape and strides,
+#: and only after everything computed from the previous chunk's buffers has been consumed.
+Workspace = dict
+
+
+def _reuse(ws: Optional[Workspace], key: Any, like: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``make()``, or the tensor it made for ``key`` in an earlier chunk when ``like`` (the tensor
+    the new one is shaped after) has the same shape, strides and dtype as then."""
+    if ws is None:
+        return make()
+    sig = (tuple(like.shape), like.stride(), like.dtype)
+    hit = ws.get(key)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    t = make()
+    ws[key] = (sig, t)
+    return t
+
+
+def _empty_sequence_like(x_seq: torch.Tensor, ws: Optional[Workspace] = None) -> torch.Tensor:
     """An uninitialised tensor shaped like ``x_seq`` whose every time step has the memory layout
     of ``x_seq[0]`` (channels-last stays channels-last even when ``x_seq`` is a static input
     broadcast over T, which ``empty_like`` would turn into a contiguous tensor)."""
+    return _reuse(ws, "out", x_seq[0], lambda: _new_sequence_like(x_seq))
+
+
+def _new_sequence_like(x_seq: torch.Tensor) -> torch.Tensor:
     step = x_seq[0]
     if step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last):
         flat = torch.empty((x_seq.shape[0] * step.shape[0],) + tuple(step.shape[1:]),
@@ -125,7 +150,8 @@ def _empty_sequence_like(x_seq: torch.Tensor) -> torch.Tensor:
     return torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
 
 
-def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor, keep_state: bool = True) -> torch.Tensor:
+def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor, keep_state: bool = True,
+                   ws: Optional[Workspace] = None) -> torch.Tensor:
     """Multi-step LIF/PLIF forward without autograd bookkeeping (CPU inference).
 
     The same arithmetic as spikingjelly's CPU kernel with hard reset to 0 (``h = v + (x - v) /
@@ -143,24 +169,30 @@ def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor, keep_state: bool = Tr
 
     With ``keep_state`` the final membrane potential is kept in ``neuron.v`` as spikingjelly
     would; without it (stateless inference, :meth:`SpikingNet.predict`) the last step's reset is
-    skipped and ``neuron.v`` is left as it was.
+    skipped and ``neuron.v`` is left as it was, and the output and working buffers may come from
+    the workspace ``ws`` (reused from the previous chunk).
     """
+    if keep_state:
+        ws = None  # the final potential becomes the neuron's state: never a reused buffer
     v = neuron.v
     q = neuron.w.detach().float().sigmoid() if isinstance(neuron, sj_neuron.ParametricLIFNode) else None
     tau = None if q is not None else torch.tensor(float(neuron.tau), dtype=x_seq.dtype)
     thr = neuron.v_threshold
-    out = _empty_sequence_like(x_seq)
+    out = _empty_sequence_like(x_seq, ws)
     steps = x_seq.shape[0]
     h = v_buf = None
     for t in range(steps):
         x = x_seq[t]
+        if h is None:
+            h = _reuse(ws, "h", x, lambda: torch.empty_like(x))
         if not isinstance(v, torch.Tensor) and float(v) == 0.0:
-            h = torch.mul(x, q) if q is not None else torch.div(x, tau)
+            if q is not None:
+                torch.mul(x, q, out=h)
+            else:
+                torch.div(x, tau, out=h)
         else:
             if not isinstance(v, torch.Tensor):
                 v = torch.full_like(x, float(v))
-            if h is None:
-                h = torch.empty_like(x)
             torch.sub(x, v, out=h)
             if q is not None:  # h = v + (x - v) * q (addcmul would fuse into an FMA: other rounding)
                 h.mul_(q).add_(v)
@@ -169,7 +201,7 @@ def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor, keep_state: bool = Tr
         s = torch.ge(h, thr, out=out[t])
         if keep_state or t < steps - 1:
             if v_buf is None:
-                v_buf = torch.empty_like(h)
+                v_buf = _reuse(ws, "v", h, lambda: torch.empty_like(h))
             v = torch.addcmul(h, h, s, value=-1.0, out=v_buf)
     if keep_state:
         neuron.v = v
@@ -216,18 +248,24 @@ def _gemm_conv_ok(layer: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _max_pool2x2_channels_last(x: torch.Tensor) -> torch.Tensor:
+def _max_pool2x2_channels_last(x: torch.Tensor, ws: Optional[Workspace] = None) -> torch.Tensor:
     """2x2 max-pool (stride 2, odd edges dropped, as ``nn.MaxPool2d(2)``) of a channels-last
     ``[N, C, H, W]`` tensor as two element-wise maxima over neighbouring rows, then columns.
 
     Same values as ``max_pool2d``; on CPU about twice as fast for channels-last input, because
-    each maximum is one contiguous pass (``max_pool2d`` also computes indices it then drops)."""
+    each maximum is one contiguous pass (``max_pool2d`` also computes indices it then drops).
+    Results go to buffers of the workspace ``ws`` when one is given."""
     n, c, h, w = x.shape
     h2, w2 = h // 2, w // 2
     a = x[:, :, : 2 * h2, : 2 * w2].permute(0, 2, 3, 1)  # [N, H, W, C], contiguous when even
     a = a.reshape(n, h2, 2, 2 * w2, c)
-    rows = torch.maximum(a[:, :, 0], a[:, :, 1]).view(n, h2, w2, 2, c)
-    return torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).permute(0, 3, 1, 2)
+    if ws is None:
+        rows = torch.maximum(a[:, :, 0], a[:, :, 1]).view(n, h2, w2, 2, c)
+        return torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).permute(0, 3, 1, 2)
+    rows = _reuse(ws, "pool_rows", x, lambda: x.new_empty((n, h2, 2 * w2, c)))
+    rows = torch.maximum(a[:, :, 0], a[:, :, 1], out=rows).view(n, h2, w2, 2, c)
+    out = _reuse(ws, "pool", x, lambda: x.new_empty((n, h2, w2, c)))
+    return torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1], out=out).permute(0, 3, 1, 2)
 
 
 class SpikingBlock(nn.Module):
@@ -293,9 +331,11 @@ class SpikingBlock(nn.Module):
             y = y.contiguous(memory_format=torch.channels_last)
         return y
 
-    def forward(self, x: torch.Tensor, static: bool = False, keep_state: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, static: bool = False, keep_state: bool = True,
+                ws: Optional[Workspace] = None) -> torch.Tensor:
         """``keep_state=False``: the caller discards the neurons' final state (stateless
-        inference); the lean CPU loop then skips computing it."""
+        inference); the lean CPU loop then skips computing it, and takes its buffers from the
+        workspace ``ws`` when one is given (chunked inference, see :data:`Workspace`)."""
         if self.flatten_input:
             x = x.flatten(2)
         if self.dropout is not None:
@@ -309,11 +349,14 @@ class SpikingBlock(nn.Module):
         else:
             y = self._analog(x.flatten(0, 1))
             y = y.reshape((T, B) + tuple(y.shape[1:]))
-        s = _lif_inference(self.neuron, y, keep_state) if _fast_path_ok(self.neuron, y) else self.neuron(y)
+        if _fast_path_ok(self.neuron, y):
+            s = _lif_inference(self.neuron, y, keep_state, ws)
+        else:
+            s = self.neuron(y)
         if self.pool is not None:
             s = s.flatten(0, 1)
             if not self.training and s.is_contiguous(memory_format=torch.channels_last):
-                s = _max_pool2x2_channels_last(s)  # eval mode: the same values, faster
+                s = _max_pool2x2_channels_last(s, ws)  # eval mode: the same values, faster
             else:
                 s = self.pool(s)
             s = s.reshape((T, B) + tuple(s.shape[1:]))
@@ -476,8 +519,9 @@ class SpikingNet(nn.Module):
         ``keep_state``) the final membrane potentials are those of one pass over the whole batch."""
         outs, states, rate_sums = [], [], {}
         neurons = [b.neuron for b in self.blocks if isinstance(b.neuron, sj_base.MemoryModule)]
+        ws = None if keep_state else {}  # buffers reused by the next chunk
         for xc in x.split(n, dim=1):
-            outs.append(self._forward(xc, keep_state))
+            outs.append(self._forward(xc, keep_state, ws))
             if keep_state:
                 states.append([m.v for m in neurons])
             if self.record_firing:
@@ -492,12 +536,13 @@ class SpikingNet(nn.Module):
             self._rates = {k: r / x.shape[1] for k, r in rate_sums.items()}
         return torch.cat(outs, 0)
 
-    def _forward(self, x: torch.Tensor, keep_state: bool = True) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, keep_state: bool = True, ws: Optional[Workspace] = None) -> torch.Tensor:
         rec = self.record_firing
         if rec:
             self._rates = {}
         for i, b in enumerate(self.blocks):
-            x = b(x, static=(i == 0 and self.static_input), keep_state=keep_state)
+            x = b(x, static=(i == 0 and self.static_input), keep_state=keep_state,
+                  ws=None if ws is None else ws.setdefault(i, {}))
             if rec and b.spec.neuron != "none":
                 self._rates[b.spec.name] = x.detach().float().mean()
         return x.mean(0)

@@ -194,6 +194,12 @@ def test_channels_last_max_pool_matches_max_pool2d():
         y = _max_pool2x2_channels_last(x)
         assert torch.equal(y, nn.functional.max_pool2d(x, 2))
         assert y.is_contiguous(memory_format=torch.channels_last)
+        ws = {}  # into reused buffers: the second call overwrites the first's result in place
+        first = _max_pool2x2_channels_last(x, ws)
+        assert torch.equal(first, y)
+        second = _max_pool2x2_channels_last(-x, ws)
+        assert torch.equal(second, nn.functional.max_pool2d(-x, 2))
+        assert second.data_ptr() == first.data_ptr()
 
 
 def test_eval_route_computes_the_same_network_as_the_plain_layers():
