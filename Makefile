@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test data bench clean
+.PHONY: install demo test data bench clean gpu-pack
 
 $(BIN)/sdsnn-search: setup.cfg constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,22 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# What the lent GPU machine (Python 3.12, CUDA torch, nothing else of ours) needs to train with
+# sdsnn alone: wheels of the core dependencies and the datasets, in ignored folders that travel
+# with the device's `carry` (64 MiB a call; see README "Training on a GPU").
+# MNIST goes gzipped (11 MiB; the loader reads .gz), CIFAR-10 as its 36 MiB source + build script
+# (the built batches are 176 MiB): `python cache/gpu-data/build_cifar10.py cache/gpu-data` there.
+GPU_WHEELS := spikingjelly loguru pydantic pydantic-core annotated-types typing-inspection \
+	typing-extensions pyyaml tqdm safetensors pillow
+gpu-pack: install
+	rm -rf build/gpu-wheels cache/gpu-data && mkdir -p build/gpu-wheels cache/gpu-data/MNIST/raw
+	$(BIN)/pip download -q --dest build/gpu-wheels --only-binary=:all: --no-deps -c constraints.txt \
+		--python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 $(GPU_WHEELS)
+	for f in $(SHARED)/datasets/MNIST/raw/*-ubyte; do gzip -c $$f > cache/gpu-data/MNIST/raw/$$(basename $$f).gz; done
+	cp -r $(SHARED)/datasets/cifar10_src $(SHARED)/datasets/build_cifar10.py cache/gpu-data/
+	du -sh build/gpu-wheels cache/gpu-data
 
 clean:
 	rm -rf $(VENV) cache results/*/ *.egg-info

@@ -141,3 +141,58 @@ def test_potential_readout_trains_and_outputs_are_not_rates(tmp_path):
     # a non-spiking readout gives real-valued means, not multiples of 1/T in [0, 1]
     assert out.shape == (5, 10)
     assert bool(((out * 2) != (out * 2).round()).any())
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load_and_build(path):
+    """Every config in configs/ validates and builds its backbone for its dataset's input."""
+    from sdsnn import build_model
+    from sdsnn.config import load_config
+    from sdsnn.data.registry import get_dataset
+
+    cfg = load_config(path)
+    ds = get_dataset(cfg.data.dataset)
+    model = build_model(cfg.model, ds.shape_for(cfg), ds.num_classes)
+    assert model.prunable_layers()[-1].module.out_features == ds.num_classes
+
+
+def test_cifar10_config_is_the_reference_setup():
+    """configs/cifar10.yaml carries the constants of docs/sd-snn.md section 12."""
+    from sdsnn.config import REFERENCE_PLASTICITY, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml")
+    assert (cfg.model.name, cfg.data.time_steps, cfg.data.batch_size, cfg.data.augment) == ("sdsnn_cifar", 8, 50, True)
+    t = cfg.train
+    assert (t.epochs, t.lr, t.min_lr, t.weight_decay, t.warmup_epochs, t.loss) == (600, 2.44e-4, 1e-5, 0.01, 5, "mse")
+    assert cfg.plasticity.model_dump() == {**cfg.plasticity.model_dump(), **REFERENCE_PLASTICITY}
+    assert cfg.model.readout == "rate" and cfg.plasticity.spine_window == 18
+
+
+def test_budgeted_training_benchmark_pauses_and_resumes(tmp_path):
+    """benchmarks/bench_train_budget.py: out of time after an epoch it pauses (no test figure),
+    the same command continues from the checkpoint and finishes with the test set evaluated once."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(json.dumps(tiny_cfg(**{"train.epochs": 3}).to_dict()))  # JSON is YAML
+    cmd = [sys.executable, str(root / "benchmarks" / "bench_train_budget.py"), "--config", str(cfg),
+           "--name", "tiny-budget", "--out", str(tmp_path / "run"), "--result-dir", str(tmp_path),
+           "--set", "train.device=cpu"]
+    first = subprocess.run(cmd + ["--minutes", "0"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    out = json.loads((tmp_path / "tiny-budget.json").read_text())
+    assert out["summary"]["epochs_done"] == 1 and out["summary"]["test_acc"] is None
+    assert out["summary"]["status"].startswith("paused") and out["summary"]["median_epoch_s"] > 0
+    second = subprocess.run(cmd + ["--minutes", "5"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    out = json.loads((tmp_path / "tiny-budget.json").read_text())
+    assert out["summary"]["status"] == "completed" and out["summary"]["epochs_done"] == 3
+    assert [e["epoch"] for e in out["per_epoch"]] == [1.0, 2.0, 3.0]
+    assert 0.0 <= out["summary"]["test_acc"] <= 1.0
+    # the resumed run is the uninterrupted one (exact resume)
+    whole = train(tiny_cfg(**{"train.epochs": 3}), tmp_path / "whole", evaluate_test=True, progress=False)
+    assert _strip_times(whole.history) == _strip_times(json.loads(line) for line in
+                                                        (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert whole.test["test_acc"] == out["summary"]["test_acc"]
