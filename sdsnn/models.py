@@ -13,7 +13,9 @@ Inference (eval mode) takes a leaner route with the same function: BatchNorm wit
 statistics is folded into the weight layer's weights and bias, and on CPU convolutions run in
 channels-last layout (oneDNN's fast kernels for narrow layers).  Under ``torch.no_grad()`` the LIF
 neurons also skip the autograd bookkeeping (:func:`_lif_inference`), and large CPU batches run in
-chunks (:attr:`SpikingNet.inference_chunk_bytes`).  Fewer element-wise passes over the activations
+chunks (:attr:`SpikingNet.inference_chunk_bytes`); :meth:`SpikingNet.predict` (forward + reset,
+the inference entry point) also skips building the final neuron state and reuses buffers
+between chunks.  Fewer element-wise passes over the activations
 bring a compacted network's inference time closer to its operation count (per-neuron work still
 shrinks only linearly with width; see benchmarks/bench_compaction.py).  Training is untouched.
 
@@ -502,8 +504,9 @@ class SpikingNet(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """``forward(x)`` followed by :meth:`reset`: the output for an independent batch, with the
         network left at rest.  The entry point for inference: in eval mode without autograd on
-        CPU the neurons' final state is never built (one pass per step less, and no gathering of
-        the chunks' states)."""
+        CPU, from rest, the neurons' final state is never built (the last step's reset is skipped
+        and the chunks' states are not gathered), and each chunk reuses the previous chunk's
+        buffers (:data:`Workspace`)."""
         if x.dim() != 5:
             raise ValueError(f"SpikingNet expects x of shape [T, B, C, H, W], got {tuple(x.shape)}")
         if self._at_rest_cpu_inference(x):
