@@ -34,10 +34,12 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Write results/benchmarks/<name>.json atomically, with the machine description."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{name}.json"
+def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
+    """Write results/benchmarks/<name>.json (or ``out_dir``/<name>.json) atomically, with the
+    machine description."""
+    out = OUT if out_dir is None else out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     os.replace(tmp, path)

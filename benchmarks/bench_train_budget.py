@@ -31,9 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-import yaml  # noqa: E402
-
-from sdsnn.config import load_config  # noqa: E402
+from sdsnn.cli_support import load_train_config  # noqa: E402
 from sdsnn.train import train  # noqa: E402
 
 
@@ -55,15 +53,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
 
-    over = {}
-    for item in a.set:
-        if "=" not in item:
-            ap.error(f"--set {item!r}: expected PATH=VALUE")
-        k, v = item.split("=", 1)
-        over[k] = yaml.safe_load(v)
-    if a.epochs is not None:
-        over["train.epochs"] = a.epochs
-    cfg = load_config(a.config, over or None)
+    cfg = load_train_config(a.config, epochs=a.epochs, sets=a.set)  # the CLI's own overrides
     name = a.name or f"gpu-{Path(a.config).stem}"
     run_dir = Path(a.out) if a.out else ROOT / "results" / name
     if a.fresh and run_dir.exists():
@@ -106,11 +96,7 @@ def main(argv=None) -> dict:
     payload = {"config": cfg.to_dict(), "run_dir": str(run_dir), "summary": summary,
                "per_epoch": [{k: h.get(k) for k in ("epoch", "epoch_time_s", "train_loss", "val_acc",
                                                    "syn_prune_rate", "neuron_prune_rate")} for h in history]}
-    if a.result_dir:
-        import _common
-
-        _common.OUT = Path(a.result_dir)
-    path = write_result(name, payload)
+    path = write_result(name, payload, Path(a.result_dir) if a.result_dir else None)
     for k, v in summary.items():
         print(f"{k:>18}: {v}")
     print(f"written to {path}")
@@ -118,4 +104,10 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from sdsnn.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # bad config, missing dataset: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
