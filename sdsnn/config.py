@@ -53,7 +53,7 @@ class DataConfig(_Strict):
     denoise_us: Optional[float] = Field(None, gt=0)  # event data: tonic Denoise filter_time in microseconds
     train_limit: Optional[int] = Field(None, ge=1)  # use only the first N training samples (quick runs)
     test_limit: Optional[int] = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=64)  # background threads preparing batches (0: in the training thread)
 
 
 class ModelConfig(_Strict):

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from sdsnn.config import DataConfig
 from sdsnn.data import DATASETS, build_loaders, data_roots, ensure_available, get_dataset, register_dataset
 from sdsnn.data.images import ImageDataset
-from sdsnn.data.loaders import random_crop_flip, split_train_val
+from sdsnn.data.loaders import BatchLoader, random_crop_flip, split_train_val
 from sdsnn.errors import ConfigError, DatasetUnavailable
 from sdsnn_search.cli import main as cli_main
 
@@ -116,6 +116,57 @@ def test_set_epoch_is_deterministic_and_eval_order_fixed():
     b1.train.set_epoch(9)
     assert _same(v1, _batches(b1.val))
     assert torch.equal(torch.cat([y for _, y in v1]), b1.val.y)
+
+
+def _image_loader(workers: int, **kw) -> BatchLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (203, 3, 12, 12), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (203,), generator=g)
+    return BatchLoader(x, y, batch_size=16, time_steps=3, seed=5, stream="train", shuffle=True,
+                       encoding="poisson", augment=True, num_workers=workers, **kw)
+
+
+def test_background_workers_give_the_same_batches_in_the_same_order():
+    single, threaded = _image_loader(0), _image_loader(3)
+    epochs = []
+    for epoch in (0, 1):
+        single.set_epoch(epoch)
+        threaded.set_epoch(epoch)
+        a, b = _batches(single), _batches(threaded)
+        assert len(a) == len(b) == len(single) == 13
+        assert _same(a, b)  # augmentation, spikes and order do not depend on the threads
+        epochs.append(a)
+    assert not torch.equal(epochs[0][0][0], epochs[1][0][0])
+    # through the config: data.num_workers reaches every loader, same batches as without
+    cfg = DataConfig(dataset="digits", batch_size=64, encoding="poisson", time_steps=2)
+    b0, b2 = build_loaders(cfg, seed=3), build_loaders(cfg.model_copy(update={"num_workers": 2}), seed=3)
+    assert (b2.train.num_workers, b2.val.num_workers, b2.test.num_workers) == (2, 2, 2)
+    for part in ("train", "val", "test"):
+        assert _same(_batches(getattr(b0, part)), _batches(getattr(b2, part)))
+
+
+def test_background_workers_stop_with_the_consumer_and_pass_errors_on():
+    import threading
+
+    loader = _image_loader(2)
+    it = iter(loader)
+    next(it), next(it)
+    it.close()  # the consumer stops early (a NaN loss, an interrupted epoch)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sdsnn-batches")]
+
+    broken = _image_loader(2)
+    calls = []
+
+    def convert(xb, g):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("bad batch")
+        return xb.float()
+
+    broken._convert = convert
+    with pytest.raises(RuntimeError, match="bad batch"):
+        _batches(broken)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sdsnn-batches")]
 
 
 def test_poisson_is_binary_with_rate_equal_to_intensity():

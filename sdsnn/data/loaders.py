@@ -7,13 +7,18 @@ Randomness (shuffling, augmentation, Poisson spikes) comes from a ``torch.Genera
 by (seed, stream, epoch): the train loader's batches are a pure function of the seed and the
 epoch set with :meth:`BatchLoader.set_epoch`, so a resumed run sees identical batches.
 Validation and test loaders iterate in fixed order and re-seed on every pass, so Poisson
-inputs are the same at every evaluation.
+inputs are the same at every evaluation. Each batch draws its augmentation and spikes from its
+own generator, seeded by (seed, stream, epoch, batch index), so batches can be prepared in
+background threads (``data.num_workers``) and still come out identical to a single-threaded pass.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Iterator, Optional
 
 import numpy as np
@@ -28,9 +33,12 @@ __all__ = ["BatchLoader", "DataBundle", "build_loaders", "split_train_val", "der
 _STREAMS = {"train": 0, "val": 1, "test": 2, "split": 3}
 
 
-def derive_seed(seed: int, stream: int, epoch: int = 0) -> int:
-    """A 63-bit seed that depends on all three numbers (via numpy's SeedSequence)."""
-    ss = np.random.SeedSequence([int(seed) % (1 << 63), int(stream), int(epoch) % (1 << 63)])
+def derive_seed(seed: int, stream: int, epoch: int = 0, batch: Optional[int] = None) -> int:
+    """A 63-bit seed that depends on all the numbers given (via numpy's SeedSequence)."""
+    words = [int(seed) % (1 << 63), int(stream), int(epoch) % (1 << 63)]
+    if batch is not None:
+        words.append(int(batch))
+    ss = np.random.SeedSequence(words)
     return int(ss.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
 
 
@@ -54,6 +62,11 @@ class BatchLoader:
     augmented (random crop with zero padding 4 and horizontal flip, per sample), then either
     repeated over T (``direct``, normalised by mean/std when given; returned as an expanded view,
     no copy) or turned into Bernoulli spikes with probability equal to the intensity (``poisson``).
+
+    ``num_workers > 0`` prepares up to ``2 * num_workers`` batches ahead in that many background
+    threads (gather, conversion, augmentation and spikes run in torch ops that release the GIL),
+    so the data work overlaps the training step, which matters when the step runs on a GPU.
+    The batches are the same, in the same order, for any number of workers.
     """
 
     def __init__(
@@ -72,9 +85,13 @@ class BatchLoader:
         mean: Optional[tuple[float, ...]] = None,
         std: Optional[tuple[float, ...]] = None,
         augment: bool = False,
+        num_workers: int = 0,
     ) -> None:
         if x.dtype != torch.uint8:
             raise TypeError("BatchLoader expects uint8 data")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_workers = int(num_workers)
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.time_steps = int(time_steps)
@@ -105,15 +122,15 @@ class BatchLoader:
     def __len__(self) -> int:
         return math.ceil(self._n_used / self.batch_size)
 
-    def _generator(self) -> torch.Generator:
-        epoch = self.epoch if self.shuffle else 0
-        return torch.Generator().manual_seed(derive_seed(self.seed, _STREAMS.get(self.stream, 9), epoch))
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = self._generator()
-        n = len(self.y)
-        order = torch.randperm(n, generator=g)[: self._n_used] if self.shuffle else None
-        for start in range(0, self._n_used, self.batch_size):
+        stream, epoch = _STREAMS.get(self.stream, 9), (self.epoch if self.shuffle else 0)
+        order = None
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, stream, epoch))
+            order = torch.randperm(len(self.y), generator=g)[: self._n_used]
+        starts = range(0, self._n_used, self.batch_size)
+
+        def make(j: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
             stop = start + self.batch_size
             if order is None:
                 xb = self.x[:, start:stop] if self.events else self.x[start:stop]
@@ -122,7 +139,25 @@ class BatchLoader:
                 idx = order[start:stop]
                 xb = self.x.index_select(1 if self.events else 0, idx)
                 yb = self.y[idx]
-            yield self._convert(xb, g), yb
+            g = torch.Generator().manual_seed(derive_seed(self.seed, stream, epoch, batch=j))
+            return self._convert(xb, g), yb
+
+        if self.num_workers == 0:
+            for j, start in enumerate(starts):
+                yield make(j, start)
+            return
+        # Background threads, results handed out in order; at most 2 * num_workers in flight.
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="sdsnn-batches")
+        try:
+            jobs = iter(enumerate(starts))
+            pending = deque(pool.submit(make, j, s) for j, s in islice(jobs, 2 * self.num_workers))
+            while pending:
+                batch = pending.popleft().result()
+                for j, s in islice(jobs, 1):
+                    pending.append(pool.submit(make, j, s))
+                yield batch
+        finally:  # also when the consumer stops early: drop what was not started
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ conversion
     def _convert(self, xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -197,6 +232,7 @@ def build_loaders(cfg: DataConfig, seed: int, *, download: bool = False, progres
         max_value=getattr(ds, "max_value", 255.0),
         mean=None if events else getattr(ds, "mean", None),
         std=None if events else getattr(ds, "std", None),
+        num_workers=cfg.num_workers,
     )
 
     def tensors(a: SplitArrays, idx: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
