@@ -174,13 +174,21 @@ def _energy_batches(loader: Iterable, n: int) -> list[torch.Tensor]:
     return out
 
 
-def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device) -> dict[str, float]:
+def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device,
+                       previous: Optional[dict[str, float]] = None) -> dict[str, float]:
+    """Pruning, energy and size figures after an epoch; ``pruned`` / ``regrown`` count the whole
+    epoch (every development step in it), from the running totals and the ``previous`` epoch's."""
     masks = _current_masks(model, dev)
     m: dict[str, float] = {}
     if dev is not None:
         m.update(dev.stats())
+        prev = previous or {}
+        for k in ("pruned", "regrown"):
+            if f"{k}_total" in prev or not prev:
+                m[k] = m[f"{k}_total"] - prev.get(f"{k}_total", 0.0)
     else:
-        m.update({"syn_prune_rate": 0.0, "neuron_prune_rate": 0.0, "regrown": 0.0, "pruned": 0.0})
+        m.update({"syn_prune_rate": 0.0, "syn_prune_rate_masks": 0.0, "neuron_prune_rate": 0.0,
+                  "regrown": 0.0, "pruned": 0.0})
     report = count_operations(model, masks, [x.to(device) for x in energy_inputs], cfg.energy)
     m.update(report.to_metrics())
     m.update(report.firing_metrics())  # recorded during the same forward passes
@@ -305,7 +313,8 @@ def train(
         if status == "completed":
             val = evaluate(model, bundle.val, device, cfg.train.loss, scale)
             metrics["val_loss"], metrics["val_acc"] = val["loss"], val["acc"]
-            metrics.update(_structure_metrics(model, dev, cfg, energy_inputs, device))
+            previous = next((h for h in reversed(history) if "syn_prune_rate" in h), None)
+            metrics.update(_structure_metrics(model, dev, cfg, energy_inputs, device, previous))
         history.append(metrics)
         if ckpt_path is not None:
             _atomic_torch_save(
@@ -366,6 +375,8 @@ def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
     model.load_state_dict(state["model"])
     if dev is not None and state.get("development") is not None:
         dev.load_state_dict(state["development"])
+    if dev is not None:  # the model goes out alone: no development hooks left on it
+        dev.remove_hooks()
     model.eval()
     history = state.get("history") or []
     return Restored(model, _current_masks(model, dev), cfg, history[-1] if history else {}, int(state["epoch"]))

@@ -17,6 +17,8 @@ from sdsnn.config import PlasticityConfig
 from sdsnn.errors import ConfigError
 from sdsnn.plasticity import (
     StructuralDevelopment,
+    adapt_spines,
+    init_spines,
     percentile,
     regrow_percentile,
     reset_optimizer_state,
@@ -221,6 +223,52 @@ def test_constrain_always_clamps_after_every_optimizer_step_from_step_n_plus_1()
         fc.weight.copy_(torch.tensor([[2.0, -3.0], [0.125, -0.6]]))
     sd.after_optimizer_step(None)
     assert fc.weight.tolist() == [[0.5, -0.5], [0.125, -0.5]]
+
+
+def test_min_range_stops_a_shrink_but_never_widens_a_range():
+    """Shrinkage fires for all three weights (|w| fell twice, N = 1): ranges 0.4, 0.12 and 0.05
+    with shrink factor 0.75 and floor 0.1 become 0.3, 0.1 (stopped at the floor) and 0.05 (already
+    inside the floor: left alone, not widened to 0.1)."""
+    w = torch.tensor([0.01, 0.01, 0.01])
+    st = init_spines(w)
+    st["r_hi"] = torch.tensor([0.4, 0.12, 0.05])
+    st["r_lo"] = -st["r_hi"]
+    st["w_prev1"] = torch.full((3,), 0.02)
+    st["w_prev2"] = torch.full((3,), 0.03)
+    live = torch.ones(3, dtype=torch.bool)
+    counts = adapt_spines(st, w, live, history=2, window=1, shrink_factor=0.75, min_range=0.1)
+    assert counts["shrunk"] == 3
+    assert st["r_hi"].tolist() == pytest.approx([0.3, 0.1, 0.05])
+    assert st["r_lo"].tolist() == pytest.approx([-0.3, -0.1, -0.05])
+
+
+def test_constrain_always_still_lets_spines_grow_by_the_clipped_excess():
+    """A weight pushed up by 0.01 per optimizer step, 5 steps per interval, N = 2. With the clamp
+    after every step the spine must still grow by the mean excess (5.1), the excess being what the
+    clamps took off. Worked by hand: s=0 r_hi=0.55 (w 0.55); s=1 w 0.60, c=1, x=0.05; s=2 w 0.65,
+    x=0.15 -> r_hi 0.625. s=3 (> N) reads w 0.70, c=1, x=0.075, and clamps w to 0.625; after every
+    optimizer step from then on the clamp cuts 0.01: s=4 cut 0.05, x=0.125
+    -> r_hi 0.6875; s=5 w climbs 0.625 -> 0.675 unclipped (below r_hi): reset; s=6 cut 0.0325,
+    above but not at s=5: c stays 0; s=7 cut 0.05, c=1; s=8 cut 0.05, x=0.1 -> r_hi 0.7375."""
+    fc = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[0.5, 0.3]]))
+    sd = StructuralDevelopment([LayerInfo("fc", fc, "fc")], PlasticityConfig(spine_window=2, constrain="always"), 1)
+    opt = torch.optim.SGD(fc.parameters(), lr=0.1)
+    r_hi = []
+    for _ in range(9):
+        for _ in range(5):
+            opt.zero_grad()
+            fc.weight.grad = torch.tensor([[-0.1, 0.0]])
+            sd.after_backward()
+            opt.step()
+            sd.after_optimizer_step(opt)
+            if sd.step > 3:  # after step N+1: the weight never leaves its range
+                assert float(fc.weight.detach()[0, 0]) <= float(sd._layers[0].spine["r_hi"][0, 0])
+        sd.develop(opt)
+        r_hi.append(float(sd._layers[0].spine["r_hi"][0, 0]))
+        assert float(sd._layers[0].spine["cut"].abs().sum()) == 0.0  # consumed by the step
+    assert r_hi == pytest.approx([0.55, 0.55, 0.625, 0.625, 0.6875, 0.6875, 0.6875, 0.6875, 0.7375], abs=1e-6)
 
 
 def test_regeneration_only_revives_masked_groups_with_zero_weight_and_state():

@@ -57,7 +57,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 
 
 def test_development_prunes_and_masked_weights_stay_zero(tmp_path):
-    cfg = tiny_cfg(**{"train.epochs": 4})
+    # a development step after every optimizer step: several steps per epoch
+    cfg = tiny_cfg(**{"train.epochs": 4, "plasticity.develop_every": 1})
     res = train(cfg, tmp_path, progress=False)
     assert res.status == "completed"
     assert res.metrics["syn_prune_rate"] > 0.0  # development actually pruned something
@@ -68,6 +69,21 @@ def test_development_prunes_and_masked_weights_stay_zero(tmp_path):
         assert int((li.weight != 0).sum()) <= int(live.sum())
         assert torch.all(li.weight[~live] == 0)
     assert res.metrics["energy_pj"] <= res.metrics["dense_energy_pj"]
+    # per-epoch counts cover every development step of the epoch: they add up to the totals
+    assert sum(h["pruned"] for h in res.history) == res.metrics["pruned_total"] > 0
+    assert sum(h["regrown"] for h in res.history) == res.metrics["regrown_total"]
+    pruned_now = sum(int((~r.masks[li.name].neuron).sum()) for li in r.model.prunable_layers())
+    assert res.metrics["pruned_total"] >= pruned_now > 0
+    # the mask-only synaptic rate ignores weights reading from pruned neurons: never higher
+    hidden = [li for li in r.model.prunable_layers() if not li.is_output]
+    all_w = sum(li.weight.numel() for li in hidden)
+    mask_w = sum(int(r.masks[li.name].group.sum()) * li.group_size for li in hidden)
+    assert res.metrics["syn_prune_rate_masks"] == pytest.approx(1 - mask_w / all_w)
+    assert res.metrics["syn_prune_rate_masks"] <= res.metrics["syn_prune_rate"]
+    # the restored model goes out without the development's hooks (BN-bypass probes)
+    assert any(li.norm is not None for li in hidden)
+    for m in r.model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks, m
 
 
 def test_nan_loss_ends_run_with_status(tmp_path, monkeypatch):

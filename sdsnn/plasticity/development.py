@@ -162,6 +162,7 @@ class StructuralDevelopment:
         self.step = 0  # index of the next development step
         self.history = 0  # weights recorded in the spine history (0, 1 or 2)
         self.last: dict[str, int] = {"pruned": 0, "regrown": 0, "pruned_groups": 0, "revived": 0}
+        self.totals: dict[str, int] = dict(self.last)  # the same counts summed over every step
         self._layers: list[_Layer] = []
         for li in layers:
             if li.norm is not None and not isinstance(getattr(li.norm, "weight", None), torch.Tensor):
@@ -225,7 +226,7 @@ class StructuralDevelopment:
         clamp = self.cfg.constrain == "always" and self.constraint_active
         for L in self._layers:
             if clamp and L.develops and L.spine is not None:
-                constrain_(L.li.weight.data, L.spine)
+                constrain_(L.li.weight.data, L.spine, record_cut=True)
             L.impose()
 
     @torch.no_grad()
@@ -250,7 +251,9 @@ class StructuralDevelopment:
                 L.spine = init_spines(w)
             else:
                 live = expand_group_mask(L.group, w)
-                adapt_spines(L.spine, w, live, self.history, n, cfg.shrink_factor, cfg.min_range)
+                # constrain: always -> read the weight as the interval left it before the clamps
+                seen = w + L.spine["cut"] if cfg.constrain == "always" else w
+                adapt_spines(L.spine, seen, live, self.history, n, cfg.shrink_factor, cfg.min_range)
 
         # 6. synaptic constraint
         if s > n:
@@ -333,11 +336,14 @@ class StructuralDevelopment:
             L.impose()
             if L.develops:
                 record_history(L.spine, L.li.weight.data)
+                L.spine["cut"].zero_()
                 L.grad_acc.zero_()
         self.history = min(self.history + 1, 2)
         self.step = s + 1
         self._sync_probes()
         self.last = {k: int(out[k]) for k in ("pruned", "regrown", "pruned_groups", "revived")}
+        for k, v in self.last.items():
+            self.totals[k] = self.totals.get(k, 0) + v
         return out
 
     def _sync_probes(self) -> None:
@@ -419,7 +425,7 @@ class StructuralDevelopment:
         )
 
     def stats(self) -> dict[str, float]:
-        """Flat metrics: overall and per-layer synaptic / neuron pruning rates, rho, last step's counts.
+        """Flat metrics: overall and per-layer synaptic / neuron pruning rates, rho, step counts.
 
         ``syn_prune_rate`` / ``syn_prune/<layer>``: 1 - effective live weights / all weights over
         the developing layers (the output layer only with ``prune_output_layer``). A weight is
@@ -428,9 +434,15 @@ class StructuralDevelopment:
         compaction removes it, although the masks keep it. The first layer's sources are the
         inputs (always alive); for an FC layer after a conv layer, each channel of the conv covers
         ``in_features / channels`` consecutive columns. The masks themselves are not changed.
+        ``syn_prune_rate_masks``: the same over the masks alone (1 - live mask entries / all), which
+        does not count the weights that read from pruned neurons as pruned.
+
+        ``pruned`` / ``regrown``: neurons pruned and groups regrown by the last step;
+        ``pruned_total`` / ``regrown_total``: summed over every step so far (the training loop
+        reports per-epoch counts as differences of these).
         """
         out: dict[str, float] = {}
-        live_w = all_w = 0
+        live_w = all_w = mask_w = 0
         dead_n = all_n = 0
         for i, L in enumerate(self._layers):
             if not L.develops:
@@ -442,6 +454,7 @@ class StructuralDevelopment:
             aw = L.group.numel() * gs
             live_w += lw
             all_w += aw
+            mask_w += int(L.group.sum()) * gs
             out[f"syn_prune/{L.li.name}"] = 1.0 - lw / aw if aw else 0.0
             if L.prunes_neurons:
                 d = int((~L.neuron).sum())
@@ -451,9 +464,12 @@ class StructuralDevelopment:
                 out[f"neuron_prune/{L.li.name}"] = d / c if c else 0.0
                 out[f"rho/{L.li.name}"] = L.rho
         out["syn_prune_rate"] = 1.0 - live_w / all_w if all_w else 0.0
+        out["syn_prune_rate_masks"] = 1.0 - mask_w / all_w if all_w else 0.0
         out["neuron_prune_rate"] = dead_n / all_n if all_n else 0.0
         out["pruned"] = float(self.last["pruned"])
         out["regrown"] = float(self.last["regrown"])
+        out["pruned_total"] = float(self.totals["pruned"])
+        out["regrown_total"] = float(self.totals["regrown"])
         return out
 
     # ------------------------------------------------------------------ checkpointing
@@ -475,6 +491,7 @@ class StructuralDevelopment:
             "step": self.step,
             "history": self.history,
             "last": dict(self.last),
+            "totals": dict(self.totals),
             "layers": layers,
         }
 
@@ -501,9 +518,14 @@ class StructuralDevelopment:
                 L.grad_acc = d["grad_acc"].to(dev).clone()
                 L.c_grow = d["c_grow"].to(dev, torch.int32).clone()
                 L.cand_prev = d["cand_prev"].to(dev, torch.bool).clone()
-                L.spine = {k: d[k].to(dev).clone() for k in SPINE_KEYS} if "r_hi" in d else None
+                L.spine = None
+                if "r_hi" in d:  # checkpoints written before "cut" existed resume with cut = 0
+                    L.spine = {k: (d[k] if k in d else torch.zeros_like(d["r_hi"])).to(dev).clone()
+                               for k in SPINE_KEYS}
             L.refresh()
         self.step = int(state["step"])
         self.history = int(state["history"])
         self.last = {k: int(v) for k, v in state["last"].items()}
+        # checkpoints written before the totals existed: start them from the last step's counts
+        self.totals = {k: int(v) for k, v in state.get("totals", state["last"]).items()}
         self._sync_probes()

@@ -9,7 +9,10 @@ checkpointed with ``torch.save`` and loaded with ``weights_only=True``:
 - ``x_hi``, ``x_lo``: accumulated excess beyond the range (both stored as non-negative amounts);
 - ``above_prev``, ``below_prev`` (bool): whether ``w >= r_hi`` / ``w <= r_lo`` at the previous step;
 - ``w_prev1``, ``w_prev2``: the weight as left by the previous step and the step before
-  (after that step's constraint and masks).
+  (after that step's constraint and masks);
+- ``cut``: with ``constrain: always``, what the clamps after the optimizer steps of the current
+  interval took off the weight (signed sum); ``w + cut`` is where the weight would be without
+  them, and that is the weight the next adaptation step reads (see :func:`constrain_`).
 
 How many of ``w_prev1`` / ``w_prev2`` are meaningful is tracked by the caller (``history``:
 0, 1 or 2 steps recorded).
@@ -34,6 +37,7 @@ SPINE_KEYS = (
     "below_prev",
     "w_prev1",
     "w_prev2",
+    "cut",
 )
 
 
@@ -61,6 +65,7 @@ def init_spines(w: torch.Tensor) -> dict[str, torch.Tensor]:
         "below_prev": w <= r_lo,
         "w_prev1": w.clone(),
         "w_prev2": torch.zeros_like(w),
+        "cut": torch.zeros_like(w),
     }
 
 
@@ -120,8 +125,9 @@ def adapt_spines(
         fell = torch.zeros_like(live)
     c_sh = torch.where(fell, st["c_shrink"] + 1, 0).to(torch.int32)
     shrink = c_sh >= window
-    new_hi = torch.where(shrink, torch.clamp(new_hi * shrink_factor, min=min_range), new_hi)
-    new_lo = torch.where(shrink, torch.clamp(new_lo * shrink_factor, max=-min_range), new_lo)
+    # the floor only stops a shrink at min_range; it never widens a range already inside it
+    new_hi = torch.where(shrink, torch.minimum(new_hi, torch.clamp(new_hi * shrink_factor, min=min_range)), new_hi)
+    new_lo = torch.where(shrink, torch.maximum(new_lo, torch.clamp(new_lo * shrink_factor, max=-min_range)), new_lo)
     st["c_shrink"] = torch.where(shrink, 0, c_sh).to(torch.int32)
 
     st["r_hi"], st["r_lo"] = new_hi, new_lo
@@ -134,12 +140,23 @@ def adapt_spines(
 
 
 @torch.no_grad()
-def constrain_(w: torch.Tensor, st: dict[str, torch.Tensor]) -> None:
+def constrain_(w: torch.Tensor, st: dict[str, torch.Tensor], record_cut: bool = False) -> None:
     """Synaptic constraint (sd-snn.md 6): ``w = clamp(w, r_lo, r_hi)`` in place.
 
     ``r_lo <= 0 <= r_hi`` always holds, so a masked (zero) weight stays zero.
+
+    ``record_cut`` (``constrain: always``, after every optimizer step): add what the clamp takes
+    off to ``st["cut"]``. Without it a weight pressing against its range would be read at exactly
+    ``r_hi`` at every development step, its excess ``w - r_hi`` would always be 0, and its spine
+    could never grow (5.1); with it the adaptation reads ``w + cut``, the weight as the interval's
+    training would have left it, as with ``constrain: step``.
     """
-    torch.clamp(w, min=st["r_lo"], max=st["r_hi"], out=w)
+    if record_cut:
+        before = w.clone()
+        torch.clamp(w, min=st["r_lo"], max=st["r_hi"], out=w)
+        st["cut"].add_(before.sub_(w))
+    else:
+        torch.clamp(w, min=st["r_lo"], max=st["r_hi"], out=w)
 
 
 @torch.no_grad()
