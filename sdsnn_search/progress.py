@@ -20,17 +20,26 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from .stop import cut_short
+
 __all__ = ["ProgressView", "pareto_rows"]
 
 
-def pareto_rows(df: pd.DataFrame, objectives: list[dict[str, Any]]) -> pd.DataFrame:
-    """Completed, non-baseline trials that no other such trial dominates."""
+def pareto_rows(df: pd.DataFrame, objectives: list[dict[str, Any]],
+                constraints: Optional[list[dict[str, Any]]] = None) -> pd.DataFrame:
+    """Completed, non-baseline trials that satisfy the space's constraints and that no other such
+    trial dominates (the same front as ``sdsnn-search pareto`` for one study)."""
     import moocore
+
+    from .pareto import Constraint, feasible_mask
 
     if df is None or not len(df):
         return df
     metrics = [o["metric"] for o in objectives]
     ok = df[(df["status"] == "completed") & (~df["is_baseline"].astype(bool))]
+    if constraints and len(ok):
+        cons = [Constraint(str(c["metric"]), str(c["op"]), float(c["value"])) for c in constraints]
+        ok = ok[feasible_mask(ok, cons)]
     ok = ok.dropna(subset=[m for m in metrics if m in ok.columns])
     if not len(ok) or any(m not in ok.columns for m in metrics):
         return ok.iloc[0:0]
@@ -56,6 +65,8 @@ class ProgressView(Callback):
 
     def __init__(self, spec, study_dir: Path, enabled: bool = True) -> None:
         self.objectives = [o.model_dump() for o in spec.objectives]
+        self.constraints = [c.model_dump() for c in spec.constraints]
+        self.total_epochs = spec.epochs
         self.total = spec.search.num_samples + (1 if spec.search.baseline else 0)
         self.study_dir = Path(study_dir)
         self.enabled = enabled
@@ -125,6 +136,12 @@ class ProgressView(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         baseline = bool(trial.config.get("is_baseline", False))
+        if cut_short(last, getattr(self, "total_epochs", 0)):
+            self._state[trial.trial_id] = "interrupted"
+            self._say(f"{'baseline' if baseline else 'trial'} {trial.trial_id} interrupted after epoch "
+                      f"{int(last.get('epoch', 0) or 0)} of {self.total_epochs}")
+            self._refresh(True)
+            return
         self._state[trial.trial_id] = "completed"
         if not baseline:
             for o in self.objectives:
@@ -157,9 +174,12 @@ class ProgressView(Callback):
             return
         console = Console() if Console().is_terminal else Console(width=200)
         df = outcome.table
-        front = pareto_rows(df, self.objectives)
+        front = pareto_rows(df, self.objectives, getattr(self, "constraints", None))
         if front is not None and len(front):
-            t = Table(title=f"Pareto set of {outcome.name} ({len(front)} of {outcome.counts.get('completed', 0)} completed)")
+            searched = int(((df["status"] == "completed") & ~df["is_baseline"].astype(bool)).sum())
+            cons = "; ".join(f"{c['metric']} {c['op']} {c['value']:g}" for c in getattr(self, "constraints", []))
+            t = Table(title=f"Pareto set of {outcome.name}: {len(front)} of {searched} completed search trials"
+                            f"{' satisfying ' + cons if cons else ''}")
             t.add_column("trial")
             for o in self.objectives:
                 t.add_column(f"{o['metric']} ({o['mode']})", justify="right")

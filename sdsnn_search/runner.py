@@ -14,6 +14,7 @@ interrupted ones continue from their last epoch checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -41,6 +42,7 @@ import pandas as pd  # noqa: E402
 from sdsnn.errors import ConfigError, UserError  # noqa: E402
 
 from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
+from .stop import STOP, cut_short  # noqa: E402
 from .trainable import BASELINE_KEY, NON_METRIC_KEYS, run_trial  # noqa: E402
 
 __all__ = ["run_study", "resume_study", "StudyOutcome", "check_resources", "read_study", "STUDY_FILE"]
@@ -119,8 +121,9 @@ def _optuna_search_class():
         """OptunaSearch that issues the dense baseline first and records final metrics as user attrs."""
 
         def __init__(self, *args, baseline: bool = True, attr_metrics: tuple[str, ...] = (),
-                     constraints: Optional[Constraints] = None, **kwargs):
+                     constraints: Optional[Constraints] = None, total_epochs: int = 0, **kwargs):
             super().__init__(*args, **kwargs)
+            self._total_epochs = int(total_epochs)
             self._constraints = constraints
             self._baseline_pending = baseline
             self._baseline_trial_id: Optional[str] = None
@@ -145,6 +148,8 @@ def _optuna_search_class():
         def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
             if trial_id == self._baseline_trial_id or trial_id not in self._ot_trials:
                 return
+            if cut_short(result, getattr(self, "_total_epochs", 0)):
+                return  # stopped by Ctrl-C: Optuna hears of it when the resumed trial finishes
             if result:
                 ot_trial = self._ot_trials[trial_id]
                 for k in self._attr_metrics:
@@ -194,10 +199,12 @@ def _get_path(d: dict[str, Any], dotted: str) -> Any:
     return cur
 
 
-def _trial_status(trial) -> str:
+def _trial_status(trial, total_epochs: int = 0) -> str:
     st = str(trial.status)
     last = trial.last_result or {}
     if st == "TERMINATED":
+        if cut_short(last, total_epochs):  # stopped by Ctrl-C / SIGTERM: resume continues it
+            return "interrupted"
         return "nan" if last.get("trial_status") == "nan" else "completed"
     if st == "ERROR":
         return "nan" if last.get("trial_status") == "nan" else "failed"
@@ -212,8 +219,10 @@ def _table_callback_class():
     class TrialsTable(Callback):
         """Keeps ``trials.csv`` / ``trials.parquet`` up to date from the driver."""
 
-        def __init__(self, study_dir: str, spec_dict: dict[str, Any], base_config: dict[str, Any], tracker=None):
+        def __init__(self, study_dir: str, spec_dict: dict[str, Any], base_config: dict[str, Any], tracker=None,
+                     total_epochs: int = 0):
             self.study_dir = study_dir
+            self.total_epochs = int(total_epochs)
             self.spec_dict = spec_dict
             from sdsnn.config import ExperimentConfig
 
@@ -240,7 +249,7 @@ def _table_callback_class():
             old = self.rows.get(tid, {})
             r: dict[str, Any] = {
                 "trial_id": tid,
-                "status": _trial_status(trial),
+                "status": _trial_status(trial, self.total_epochs),
                 "is_baseline": baseline,
                 "dataset": self.spec_dict["dataset"],
                 "duration_s": float(last.get("time_total_s", old.get("duration_s", float("nan"))) or 0.0),
@@ -281,7 +290,8 @@ def _table_callback_class():
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.update(trial)
             nan = (trial.last_result or {}).get("trial_status") == "nan"
-            self.rows[trial.trial_id]["status"] = "nan" if nan else "completed"
+            short = cut_short(trial.last_result, self.total_epochs)
+            self.rows[trial.trial_id]["status"] = "interrupted" if short else "nan" if nan else "completed"
             self.write()
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -617,6 +627,20 @@ class _Interrupted(Exception):
     pass
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" line after an interrupted run:
+    ours says ``sdsnn-search resume DIR`` (a Tuner.restore by hand would lose the searcher setup)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def _hide_tune_restore_hint() -> None:
+    log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoRestoreHint) for f in log.filters):
+        log.addFilter(_NoRestoreHint())
+
+
 def _close_dangling_optuna_trials(study_dir: Path, study_name: str) -> None:
     """Mark Optuna trials left RUNNING by a killed driver (asked, never run) as FAIL."""
     import optuna
@@ -644,8 +668,10 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
                               data_root=info.get("data_root"))
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     ray_path = str(study_dir / RAY_DIR)
-    tracker = MlflowTracker(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
-    table = _table_callback_class()(str(study_dir), spec.to_dict(), spec.base_config(), tracker)
+    tracker = MlflowTracker(info["tracking_uri"], info["experiment_id"], info["parent_run_id"],
+                            total_epochs=spec.epochs)
+    table = _table_callback_class()(str(study_dir), spec.to_dict(), spec.base_config(), tracker,
+                                    total_epochs=spec.epochs)
     view = ProgressView(spec, study_dir, enabled=progress)
     if restore:
         # callbacks come back from the pickled Tuner; fresh ones are passed through the run config
@@ -662,6 +688,7 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
             sampler=make_sampler(spec), storage=storage, study_name=info["name"],
             baseline=spec.search.baseline, attr_metrics=attr_metrics,
             constraints=Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None,
+            total_epochs=spec.epochs,
         )
         scheduler = None
         if spec.scheduler.type == "asha":
@@ -688,27 +715,45 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
             ),
         )
     interrupted = False
-    old_term = signal.getsignal(signal.SIGTERM)
+    STOP.clear()
+    graceful = hasattr(signal, "SIGUSR1")
 
-    def _on_term(signum, frame):  # SIGTERM -> the same graceful stop as Ctrl-C
-        raise KeyboardInterrupt
+    def _on_stop(signum, frame):
+        # Ctrl-C or SIGTERM: record it, then ask Ray Tune for its own graceful stop (SIGUSR1
+        # runs the handler Tune installs in fit(): stop the trials, save the experiment state).
+        # A second signal stops at once.
+        STOP.count += 1
+        if STOP.count > 1 or not graceful:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGUSR1)
 
+    saved: dict[int, Any] = {}
+    _hide_tune_restore_hint()
+    old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune leaves SIGINT to _on_stop
     try:
-        signal.signal(signal.SIGTERM, _on_term)
-    except ValueError:  # not the main thread
-        old_term = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.getsignal(sig)
+            signal.signal(sig, _on_stop)
+    except ValueError:  # not the main thread: no handlers, Tune's defaults apply
+        saved.clear()
     try:
         with view:
             tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, h in saved.items():
+            signal.signal(sig, h)
+        if old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
+    interrupted = interrupted or STOP.requested
     if not interrupted:
         _close_dangling_optuna_trials(study_dir, info["name"])
     df = table.write() if table.rows else trials_frame([], spec.to_dict())
-    counts = {s: int((df["status"] == s).sum()) for s in ("completed", "failed", "nan", "running", "pending")}
+    counts = {s: int((df["status"] == s).sum()) for s in ("completed", "failed", "nan", "interrupted", "running", "pending")}
     expected = spec.search.num_samples + (1 if spec.search.baseline else 0)
     finished = counts["completed"] + counts["failed"] + counts["nan"]
     if finished < expected and spec.search.time_budget_s is None:

@@ -22,6 +22,7 @@ from typing import Any, Optional
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from ray.tune import Callback  # noqa: E402
+from .stop import cut_short  # noqa: E402
 from .trainable import NON_METRIC_KEYS  # noqa: E402
 
 __all__ = [
@@ -167,8 +168,9 @@ class MlflowTracker(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 baseline_key: str = "is_baseline") -> None:
+                 baseline_key: str = "is_baseline", total_epochs: int = 0) -> None:
         self.tracking_uri = tracking_uri
+        self.total_epochs = int(total_epochs)  # a trial ending short of it after Ctrl-C: interrupted
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.baseline_key = baseline_key
@@ -246,8 +248,10 @@ class MlflowTracker(Callback):
         rid = self._runs.get(trial.trial_id) or self.child_run(trial)
         status = (trial.last_result or {}).get("trial_status", "completed")
         status = "completed" if status == "running" else status
+        if cut_short(trial.last_result, self.total_epochs):
+            status = "interrupted"
         self.client.set_tag(rid, "status", status)
-        self.client.set_terminated(rid, status="FINISHED" if status == "completed" else "FAILED")
+        self.client.set_terminated(rid, status={"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         rid = self._runs.get(trial.trial_id) or self.child_run(trial)

@@ -194,3 +194,21 @@ def test_cli_pareto_writes_reports_and_fails_cleanly(tmp_path):
     lines = [l for l in r.output.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: no feasible trial")
     assert not (bad / "pareto.csv").exists()
+
+
+def test_final_table_of_a_run_respects_the_space_constraints():
+    """The Pareto table printed at the end of `run` (progress.pareto_rows) drops trials that break
+    a constraint, like `sdsnn-search pareto` does, even when they would dominate."""
+    from sdsnn_search.progress import pareto_rows
+
+    df = pd.DataFrame({
+        "trial_id": ["base", "a", "b", "c", "d"],
+        "status": ["completed", "completed", "completed", "completed", "interrupted"],
+        "is_baseline": [True, False, False, False, False],
+        "val_acc": [0.99, 0.30, 0.90, 0.80, 0.95],   # a: infeasible (< 0.5) but the cheapest
+        "energy_pj": [9.0, 1.0, 5.0, 3.0, 0.5],      # d: cut short by Ctrl-C, never on a front
+    })
+    objectives = [{"metric": "val_acc", "mode": "max"}, {"metric": "energy_pj", "mode": "min"}]
+    assert set(pareto_rows(df, objectives)["trial_id"]) == {"a", "b", "c"}
+    cons = [{"metric": "val_acc", "op": ">=", "value": 0.5}]
+    assert list(pareto_rows(df, objectives, cons)["trial_id"]) == ["b", "c"]

@@ -235,6 +235,44 @@ def test_kill_and_resume(ray_session, tmp_path):
     assert c.get_run(info["parent_run_id"]).info.status == "FINISHED"
 
 
+def test_ctrl_c_marks_cut_trials_interrupted_and_resume_finishes_them(ray_session, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) while trials are mid-way: Ray
+    Tune stops them gracefully, and they must not pass for completed trials (table, Optuna,
+    MLflow), the study must say it is unfinished, and resume must run them to the end."""
+    spec_raw = _fake_spec(num_samples=3, epochs=4).to_dict()
+    env = dict(os.environ, SDSNN_FAKE_SLEEP="1.0")
+    proc = _run_driver(tmp_path, spec_raw, env)
+    study_dir = tmp_path / "killed"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            df = pd.read_parquet(study_dir / "trials.parquet")
+        except Exception:
+            continue
+        if (df["status"] == "running").any() and (df["epochs"] >= 1).any():
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=90) == 0  # run_study returns normally after a graceful stop
+    info = read_study(study_dir)
+    assert info["finished"] is False
+    df = pd.read_parquet(study_dir / "trials.parquet")
+    cut = df[df["epochs"] < 4]
+    assert len(cut) >= 1, df[["trial_id", "status", "epochs"]]
+    assert (cut["status"].isin(["interrupted", "pending"])).all(), df[["trial_id", "status", "epochs"]]
+    assert not (df["status"] == "completed").any() or (df.loc[df["status"] == "completed", "epochs"] == 4).all()
+    assert _optuna_states(study_dir, "killed").get("COMPLETE", 0) == int(
+        ((df["status"] == "completed") & ~df["is_baseline"]).sum())  # no partial result told to Optuna
+
+    out = resume_study(study_dir, progress=False)
+    df = out.table
+    assert not out.interrupted
+    assert len(df) == 4 and (df["status"] == "completed").all() and (df["epochs"] == 4).all(), df[["trial_id", "status", "epochs"]]
+    assert _optuna_states(study_dir, "killed") == {"COMPLETE": 3}
+    c, info, children = _children(study_dir)
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
 def test_two_node_cluster_trials_land_on_both_nodes(tmp_path):
     from ray.cluster_utils import Cluster
 
