@@ -40,5 +40,6 @@ gpu-pack: install
 	cp -r $(SHARED)/datasets/cifar10_src $(SHARED)/datasets/build_cifar10.py cache/gpu-data/
 	du -sh build/gpu-wheels cache/gpu-data
 
-clean:
-	rm -rf $(VENV) cache results/*/ *.egg-info
+clean:  # keeps results/benchmarks/ (tracked: the measured figures)
+	rm -rf $(VENV) cache *.egg-info
+	find results -mindepth 1 -maxdepth 1 -type d ! -name benchmarks -exec rm -rf {} + 2>/dev/null || true

@@ -21,7 +21,11 @@ def parse_sets(sets: Iterable[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. --set plasticity.spine_window=2")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                              f"quote it or fix it, e.g. --set plasticity.spine_window=2") from None
     return out
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "EnergyConfig",
     "ExperimentConfig",
     "load_config",
+    "read_yaml_file",
     "apply_overrides",
     "format_validation_error",
     "REFERENCE_PLASTICITY",
@@ -229,22 +230,44 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
+def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
+    """The YAML content of a user's ``what`` file (``"config"``, ``"search-space"``).
+
+    Raises :class:`ConfigError` with one line when the file is missing, unreadable, not UTF-8
+    text, not valid YAML, or empty (``example``: a file to copy from, named in the message).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such {what} file (give the path to a YAML file, e.g. {example})")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file; give a YAML {what} file such as {example}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}:" if mark is not None else ""
+        raise ConfigError(f"{p}:{at} YAML syntax error: {getattr(e, 'problem', None) or e} (fix the YAML)") from None
+    if raw is None:
+        raise ConfigError(f"{p}: the {what} file is empty; start from {example}")
+    return raw
+
+
 def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:
     """Read a YAML experiment file, apply dotted overrides, validate.
 
     Raises :class:`ConfigError` with a one-line message on any problem.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file (give the path to an experiment YAML file)")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{at} YAML syntax error: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml_file(p, "config", "configs/digits.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, ...)")
+    if "params" in raw or "objectives" in raw:
+        raise ConfigError(f"{p}: this is a search-space file (it has params/objectives); "
+                          f"run it with 'sdsnn-search run --space {p}', or give an experiment config here")
     raw = apply_overrides(raw, overrides or {})
     try:
         return ExperimentConfig.model_validate(raw)

@@ -25,6 +25,7 @@ from .compact import count_parameters
 from .config import ExperimentConfig
 from .data import build_loaders
 from .energy import count_operations
+from .errors import ConfigError
 from .models import build_model
 from .plasticity import StructuralDevelopment
 from .structure import LayerMask, full_masks
@@ -70,9 +71,24 @@ class Restored:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises :class:`ConfigError` (before anything is written) for a device this machine lacks.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ConfigError(f"train.device: {name!r} asked for, but this machine has {n} CUDA device(s) "
+                              f"(torch {torch.__version__}); use train.device: auto or cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"train.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def _seed_everything(seed: int) -> None:
@@ -217,12 +233,12 @@ def train(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     bundle = build_loaders(cfg.data, cfg.seed)  # raises DatasetUnavailable before anything is written
-    run_path = Path(run_dir) if run_dir is not None else None
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(run_path / "config.json", json.dumps(cfg.to_dict(), indent=2))
     _seed_everything(cfg.seed)
     model, dev = _build(cfg, bundle.input_shape, bundle.num_classes, bundle.static_input, device)
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None:  # only now: a config the model registry rejects leaves nothing behind
+        run_path.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(run_path / "config.json", json.dumps(cfg.to_dict(), indent=2))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = len(bundle.train)

@@ -7,6 +7,7 @@ exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -20,6 +21,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:  # a path given on the command line that cannot be read or written
+            if os.environ.get("SDSNN_DEBUG"):
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"error: {e.strerror or e}{where} (check the path and its permissions; "
+                       f"SDSNN_DEBUG=1 shows the traceback)", err=True)
             sys.exit(2)
 
 
@@ -70,12 +78,12 @@ def data_fetch(name, data_root) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Experiment YAML (any field of sdsnn.config.ExperimentConfig). Default: all defaults.")
 @click.option("--dataset", default=None, help="Override data.dataset (digits, mnist, cifar10, nmnist, dvsgesture).")
-@click.option("--epochs", type=int, default=None, help="Override train.epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs.")
 @click.option("--data-root", default=None, help="Override data.data_root.")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
               help="Override any field by dotted path, e.g. --set plasticity.spine_window=2 (YAML value).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for checkpoints and metrics (default results/train-<name>).")
+              help="Folder for checkpoints and metrics (default results/train-<name>-<dataset>).")
 @click.option("--baseline/--no-baseline", default=True, help="Also train the dense baseline and compare.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out.")
 def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resume) -> None:
@@ -92,7 +100,8 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{cfg.name}: {cfg.data.dataset}, {cfg.model.name}, {cfg.train.epochs} epochs")
+    n = cfg.train.epochs
+    table = Table(title=f"{cfg.name}: {cfg.data.dataset}, {cfg.model.name}, {n} epoch{'s' if n != 1 else ''}")
     for col in ("", "SD-SNN", "dense", "delta"):
         table.add_column(col, justify="right" if col else "left")
     for row in comp.rows():
@@ -108,11 +117,11 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
 @main.command("run")
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
               help="Search-space YAML (see search_spaces/). Required unless --resume.")
-@click.option("--num-samples", type=int, default=None, help="Searched trials (the dense baseline comes on top).")
-@click.option("--max-concurrent", type=int, default=None, help="Trials running at once.")
-@click.option("--epochs", type=int, default=None, help="Epochs per trial.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Searched trials (the dense baseline comes on top).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Trials running at once.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per trial.")
 @click.option("--results-dir", default="results", show_default=True, help="Where the study folder goes.")
-@click.option("--name", default=None, help="Study name (folder results/<name>); default <space name>-<time>.")
+@click.option("--name", default=None, help="Study name: the folder <results-dir>/<name>; default <space name>-<time>.")
 @click.option("--seed", type=int, default=None, help="Sampler seed.")
 @click.option("--address", default=None, help="Join an existing Ray cluster (e.g. 127.0.0.1:6379 or auto).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite inside the study folder).")
@@ -167,7 +176,7 @@ def spaces_validate(space_file) -> None:
 
 @main.command("ui")
 @click.argument("study_dir", type=click.Path(file_okay=False))
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui_cmd(study_dir, port) -> None:
     """Start the MLflow UI for a study's store on 127.0.0.1 and print its address."""
     from sdsnn_search.tracking import serve_ui
@@ -181,7 +190,7 @@ def ui_cmd(study_dir, port) -> None:
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write the reports into OUT/<dataset>/ instead of each study folder.")
-@click.option("--mlflow/--no-mlflow", "log_mlflow", default=True,
+@click.option("--mlflow/--no-mlflow", "log_mlflow", default=True, show_default=True,
               help="Also log the report files as artifacts on each study's MLflow parent run.")
 def pareto(dirs, out_dir, log_mlflow) -> None:
     """Pareto fronts, hypervolume, knee and reports of finished studies (merged per dataset)."""
@@ -212,7 +221,7 @@ def pareto(dirs, out_dir, log_mlflow) -> None:
               default="knee", show_default=True, help="Which Pareto trial(s) to export.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for the exported models (one sub-folder per pick).")
-@click.option("--register/--no-register", default=True,
+@click.option("--register/--no-register", default=True, show_default=True,
               help="Register in the study's MLflow model registry with an alias named after the pick.")
 def export_cmd(study_dir, pick, out_dir, register) -> None:
     """Export Pareto-picked trials as compact models (safetensors + JSON) with a model card."""

@@ -185,7 +185,7 @@ def _card_md(card: dict) -> str:
         f"{pct(m.get('neuron_prune_rate'))}; hidden widths {card['widths']['dense']} -> {card['widths']['compact']}",
         f"- energy per sample on test inputs: {e['energy_pj']:.4g} pJ (dense architecture: "
         f"{e['dense_energy_pj']:.4g} pJ, ratio {e['energy_ratio']:.3f}); {e['sops']:.4g} SOPs, {e['macs']:.4g} MACs",
-        f"- inference time per sample ({s['device']}, {s['threads']} threads, batch {s['batch_size']}, "
+        f"- inference time per sample ({s['device']}, {s['threads']} thread{'s' if s['threads'] != 1 else ''}, batch {s['batch_size']}, "
         f"{card['time_steps']} time steps, fastest of {s['repeats']} interleaved rounds over {s['samples']} test samples): "
         f"compact {s['compact_ms']:.4f} ms, dense {s['dense_ms']:.4f} ms (speed-up {s['speedup']:.2f}x)",
         "",

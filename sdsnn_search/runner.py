@@ -448,7 +448,13 @@ def read_study(study_dir: str | Path) -> dict[str, Any]:
     p = Path(study_dir) / STUDY_FILE
     if not p.is_file():
         raise UserError(f"{study_dir}: not a study folder (no {STUDY_FILE}); give a folder made by 'sdsnn-search run'")
-    return json.loads(p.read_text())
+    try:
+        info = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p} is not valid JSON ({getattr(e, 'msg', e)}); restore it or re-run the study") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{p} is not a study description (a JSON object); restore it or re-run the study")
+    return info
 
 
 def _write_json(path: Path, obj: Any) -> None:

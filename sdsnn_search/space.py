@@ -38,7 +38,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sdsnn.config import ExperimentConfig, apply_overrides, format_validation_error
+from sdsnn.config import ExperimentConfig, apply_overrides, format_validation_error, read_yaml_file
 from sdsnn.errors import ConfigError
 
 __all__ = [
@@ -324,14 +324,10 @@ def load_space(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> 
     applied before validation. Raises :class:`ConfigError` with one line on any problem.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such search-space file (give the path to a YAML file, e.g. search_spaces/digits.yaml)")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}:" if mark is not None else ""
-        raise ConfigError(f"{p}:{at} YAML syntax error: {getattr(e, 'problem', None) or e} (fix the YAML)") from None
+    raw = read_yaml_file(p, "search-space", "search_spaces/digits.yaml")
+    if isinstance(raw, dict) and "params" not in raw and any(k in raw for k in ("model", "train", "plasticity", "data")):
+        raise ConfigError(f"{p}: this is an experiment config (model/train/... at the top level, no params); "
+                          f"train it with 'sdsnn-search train --config {p}', or give a search-space file here")
     if overrides:
         if raw is None:
             raw = {}

@@ -284,10 +284,9 @@ def serve_ui(study_dir: str | Path, *, port: int = 5000, echo=print, wait: bool 
 
     from sdsnn.errors import UserError
 
-    p = Path(study_dir) / "study.json"
-    if not p.is_file():
-        raise UserError(f"{study_dir}: not a study folder (no study.json); give a folder made by 'sdsnn-search run'")
-    info = json.loads(p.read_text())
+    from .runner import read_study
+
+    info = read_study(study_dir)  # one-line errors for a missing or broken study.json
     uri = info.get("tracking_uri") or default_tracking_uri(Path(study_dir))
     if not uri.startswith("sqlite:"):
         echo(f"this study logs to the tracking server {uri}; open it there")
