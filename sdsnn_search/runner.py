@@ -363,6 +363,7 @@ def _init_ray(address: Optional[str]) -> bool:
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                                   logging_level="WARNING")
     if address:
+        _probe_ray_address(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -372,6 +373,21 @@ def _init_ray(address: Optional[str]) -> bool:
         ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
         _start_reaper()
     return True
+
+
+def _probe_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` that nothing answers on fails in seconds (ray.init would retry for minutes)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT of a Ray head (e.g. 127.0.0.1:6379) or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise UserError(f"--address {address}: no Ray head answers there ({e.strerror or e}); start it with "
+                        f"'ray start --head --port {port}' or drop --address") from None
 
 
 _REAPER = r"""
@@ -516,6 +532,10 @@ def run_study(
 
         if not ray.is_initialized():
             check_resources(spec, where)
+    if tracking_uri:
+        from .tracking import check_tracking_uri
+
+        check_tracking_uri(tracking_uri)
     started = _init_ray(address)
     try:
         if address or not started:

@@ -273,6 +273,27 @@ def _error_line(trial) -> str:
     return "error"
 
 
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """An http(s) tracking server that does not answer fails at once, before the study folder is
+    made (MLflow's client would retry for minutes). Other stores (sqlite, file) are not probed."""
+    import urllib.error
+    import urllib.request
+
+    from sdsnn.errors import UserError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy or an older server without /health): let MLflow talk to it
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"--tracking-uri {uri}: no MLflow server answers ({reason}); start one "
+                        f"('mlflow server --port N') or leave --tracking-uri out to use the study's own store") from None
+
+
 def serve_ui(study_dir: str | Path, *, port: int = 5000, echo=print, wait: bool = True):
     """Start ``mlflow ui`` bound to 127.0.0.1 for the study's store; print its address.
 

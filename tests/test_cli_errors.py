@@ -55,6 +55,11 @@ def test_bad_files_and_values_fail_in_one_line(tmp_path, monkeypatch):
     _fails_cleanly(["run", "--space", space, "--epochs", "-1"], tmp_path, "--epochs")
     _fails_cleanly(["run", "--space", space, "--num-samples", "1", "--epochs", "1", "--results-dir",
                     "a_file/x"], tmp_path, "a_file")
+    # nothing listens on port 1: both fail in seconds instead of retrying for minutes
+    _fails_cleanly(["run", "--space", space, "--num-samples", "1", "--epochs", "1", "--name", "t",
+                    "--tracking-uri", "http://127.0.0.1:1"], tmp_path, "no MLflow server answers")
+    _fails_cleanly(["run", "--space", space, "--num-samples", "1", "--epochs", "1", "--name", "a",
+                    "--address", "127.0.0.1:1"], tmp_path, "no Ray head answers")
     if not torch.cuda.is_available():
         _fails_cleanly(["train", "--dataset", "digits", "--set", "train.device=cuda", "--out", "o"], tmp_path,
                        "CUDA device")
