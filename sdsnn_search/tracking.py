@@ -32,6 +32,7 @@ __all__ = [
     "MlflowTracker",
     "code_version",
     "serve_ui",
+    "stop_ui",
     "reopen_study_run",
     "TRIAL_TAG",
 ]
@@ -318,21 +319,55 @@ def serve_ui(study_dir: str | Path, *, port: int = 5000, echo=print, wait: bool 
         except OSError:
             raise UserError(f"--port {port}: already in use on 127.0.0.1; pick another with --port") from None
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     art = Path(study_dir).resolve() / "mlartifacts"
     if art.exists():
         cmd += ["--default-artifact-root", art.as_uri()]
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
-    proc = subprocess.Popen(cmd, env=env)
+    # its own process group: mlflow ui forks a web worker and task consumers, stop_ui ends them all
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     echo(f"MLflow UI for {Path(study_dir).name}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
     if not wait:
         return proc
+
+    def _on_term(signum, frame):  # SIGTERM (kill, a service manager): the same stop as Ctrl-C
+        raise KeyboardInterrupt
+
+    import signal
+
+    try:
+        old = signal.signal(signal.SIGTERM, _on_term)
+    except ValueError:  # not the main thread
+        old = None
     try:
         proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        pass
+    finally:
+        stop_ui(proc)
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     return None
+
+
+def stop_ui(proc: "subprocess.Popen", timeout_s: float = 10.0) -> None:
+    """Stop a server started by :func:`serve_ui` and every process it forked."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            continue
+        # the group leader is gone; give its children a moment, then make sure
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)

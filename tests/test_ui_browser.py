@@ -127,6 +127,14 @@ def _start_ui(study: dict, port: int) -> subprocess.Popen:
     raise AssertionError("UI server did not answer /health within 90 s")
 
 
+def _cmdline_has(proc_dir: Path, text: str) -> bool:
+    try:
+        st = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        return st != "Z" and text in (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+
+
 def _wait(fn, timeout: float = 60.0, what: str = "condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -192,8 +200,14 @@ def test_mlflow_ui_shows_study_parent_and_trial_runs(tmp_path):
             driver.save_screenshot(shot)
     finally:
         driver.quit()
-        os.killpg(server.pid, 15)
+        os.kill(server.pid, 15)  # SIGTERM to the `sdsnn-search ui` process alone (kill PID)
         try:
-            server.wait(timeout=15)
+            server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, 9)
+    # ... ends the MLflow server and every worker it forked, too
+    leftover = lambda: [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, f"--port {port}")]  # noqa: E731
+    deadline = time.time() + 20
+    while leftover() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not leftover(), [(p.name, (p / "cmdline").read_bytes()[:120]) for p in leftover()]
