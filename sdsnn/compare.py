@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from .config import ExperimentConfig
-from .train import TrainResult, train
+from .errors import UserError
+from .train import CHECKPOINT_NAME, TrainResult, train
 
 __all__ = ["Comparison", "train_against_dense", "COMPARISON_ROWS"]
 
@@ -20,6 +21,7 @@ COMPARISON_ROWS = [
     ("validation accuracy", "val_acc", "{:.2%}"),
     ("test accuracy", "test_acc", "{:.2%}"),
     ("synaptic pruning", "syn_prune_rate", "{:.2%}"),
+    ("  by the masks alone", "syn_prune_rate_masks", "{:.2%}"),
     ("neuron pruning", "neuron_prune_rate", "{:.2%}"),
     ("SOPs / sample", "sops", "{:,.0f}"),
     ("MACs / sample", "macs", "{:,.0f}"),
@@ -66,10 +68,24 @@ def train_against_dense(
     *,
     baseline: bool = True,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Comparison:
-    """Train ``cfg`` and (unless it is dense already or ``baseline=False``) its dense baseline."""
+    """Train ``cfg`` and (unless it is dense already or ``baseline=False``) its dense baseline.
+
+    A folder that already holds a run is continued only with ``resume`` and replaced only with
+    ``overwrite``; ``resume`` on a folder without a checkpoint is an error (both one-line
+    :class:`UserError`, raised before anything is written).
+    """
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        held = [p for p in (out / "sdsnn" / CHECKPOINT_NAME, out / "dense" / CHECKPOINT_NAME) if p.exists()]
+        if resume and not (out / "sdsnn" / CHECKPOINT_NAME).exists():
+            raise UserError(f"--resume: {out} has no checkpoint to continue ({out / 'sdsnn' / CHECKPOINT_NAME} "
+                            f"is missing); drop --resume to start a new run there")
+        if held and not resume and not overwrite:
+            raise UserError(f"{out}: holds a run already ({held[0]}); continue it with --resume, replace it "
+                            f"with --overwrite, or pick another --out")
     run = train(cfg, out / "sdsnn" if out else None, resume=resume, evaluate_test=True, progress=progress)
     dense = None
     if baseline and cfg.plasticity.mode != "dense":

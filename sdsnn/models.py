@@ -39,6 +39,7 @@ size of every hidden layer, which is how :mod:`sdsnn.compact` rebuilds a thinner
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -52,6 +53,10 @@ from spikingjelly.activation_based import base as sj_base, layer as sj_layer, ne
 from .config import ModelConfig
 from .errors import ConfigError
 from .structure import LayerInfo
+
+# torch logs "Triton not available, find_triton_kernels = []" (twice) the first time a custom op
+# is traced on a machine without Triton, e.g. every CPU training run: noise, not a problem.
+logging.getLogger("torch._library.triton").addFilter(lambda r: "Triton not available" not in r.getMessage())
 
 __all__ = [
     "MODELS",

@@ -86,7 +86,8 @@ def data_fetch(name, data_root) -> None:
               help="Folder for checkpoints and metrics (default results/train-<name>-<dataset>).")
 @click.option("--baseline/--no-baseline", default=True, help="Also train the dense baseline and compare.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out.")
-def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resume) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (default: refuse).")
+def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resume, overwrite) -> None:
     """Train one experiment without Ray and print it against its dense baseline."""
     from sdsnn.cli_support import load_train_config, default_out_dir
     from sdsnn.data import ensure_available
@@ -96,7 +97,7 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
     from sdsnn.compare import train_against_dense
 
     out = out_dir or default_out_dir(cfg)
-    comp = train_against_dense(cfg, out, baseline=baseline, resume=resume)
+    comp = train_against_dense(cfg, out, baseline=baseline, resume=resume, overwrite=overwrite)
     from rich.console import Console
     from rich.table import Table
 

@@ -64,3 +64,19 @@ def test_bad_files_and_values_fail_in_one_line(tmp_path, monkeypatch):
         _fails_cleanly(["train", "--dataset", "digits", "--set", "train.device=cuda", "--out", "o"], tmp_path,
                        "CUDA device")
     assert (study / "study.json").read_text() == "{bad"
+
+
+def test_train_refuses_to_overwrite_and_to_resume_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--no-baseline", "--set", "data.train_limit=100",
+            "--set", "model.width=8", "--set", "train.threads=1", "--out", "run"]
+    _fails_cleanly([*args[:-1], "nowhere", "--resume"], tmp_path, "has no checkpoint to continue")
+    first = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    ckpt = tmp_path / "run" / "sdsnn" / "checkpoint.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    _fails_cleanly(args, tmp_path, "holds a run already")
+    assert ckpt.stat().st_mtime_ns == stamp
+    again = CliRunner().invoke(main, [*args, "--overwrite"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert ckpt.stat().st_mtime_ns != stamp
