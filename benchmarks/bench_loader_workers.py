@@ -10,9 +10,9 @@ is the data work that was not hidden. All worker counts run in one process, inte
 the same loader and epochs; the batches are checked identical across worker counts.
 
     .venv/bin/python benchmarks/bench_loader_workers.py                     # CIFAR-10, augment
-    .venv/bin/python benchmarks/bench_loader_workers.py --config configs/cifar10.yaml --set data.encoding=poisson
+    .venv/bin/python benchmarks/bench_loader_workers.py --set data.encoding=poisson --name loader_workers_poisson
 
-Writes results/benchmarks/loader_workers.json.
+Writes results/benchmarks/loader_workers.json (``--name`` to change).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="0,1,2", help="worker counts to compare (comma-separated)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per worker count (median reported)")
     ap.add_argument("--train-limit", type=int, default=10000, help="training samples used (data.train_limit)")
+    ap.add_argument("--name", default="loader_workers", help="result file results/benchmarks/<name>.json")
     a = ap.parse_args(argv)
 
     import torch
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
               f"(ideal {ideal:.2f} s, overhead {100 * (med / ideal - 1):.1f} %)")
     print(f"data work alone: {1000 * prep / n:.2f} ms per batch of {cfg.data.batch_size} "
           f"({cfg.data.dataset}, augment {cfg.data.augment}, encoding {cfg.data.encoding}, T {cfg.data.time_steps})")
-    path = write_result("loader_workers", {
+    path = write_result(a.name, {
         "benchmark": "loader_workers",
         "command": "benchmarks/bench_loader_workers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "dataset": cfg.data.dataset, "augment": cfg.data.augment, "encoding": cfg.data.encoding,
