@@ -260,10 +260,16 @@ def _check(spec: SearchSpec, where: str) -> None:
                 ExperimentConfig.model_validate(apply_overrides(spec.base_config(), {path: v}))
             except ValidationError as e:
                 first = e.errors()[0]
-                loc = ".".join(str(x) for x in first.get("loc", ()))
                 if first.get("type") == "extra_forbidden":
                     fail(fp, f"'{path}' is not a field of the experiment config (see ExperimentConfig in sdsnn/config.py)")
-                fail(fp, f"value {v!r} is invalid for '{loc}': {first.get('msg')}")
+                # a field with a union type (e.g. 'epoch' or an int) fails once per member: the
+                # location then carries pydantic's member names; keep the field, join the reasons
+                field_loc = lambda err: ".".join(  # noqa: E731
+                    str(x) for x in err.get("loc", ()) if not any(c in str(x) for c in "[(")
+                    and str(x) not in ("bool", "int", "float", "str", "none"))
+                loc = field_loc(first)
+                why = " or ".join(dict.fromkeys(err.get("msg", "invalid") for err in e.errors() if field_loc(err) == loc))
+                fail(fp, f"value {v!r} is invalid for '{loc}': {why}")
             except ConfigError:
                 fail(fp, f"'{path}' is not a field of the experiment config (see ExperimentConfig in sdsnn/config.py)")
         if path == "data.dataset":

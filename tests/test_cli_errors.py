@@ -55,6 +55,14 @@ def test_bad_files_and_values_fail_in_one_line(tmp_path, monkeypatch):
     _fails_cleanly(["run", "--space", space, "--epochs", "-1"], tmp_path, "--epochs")
     _fails_cleanly(["run", "--space", space, "--num-samples", "1", "--epochs", "1", "--results-dir",
                     "a_file/x"], tmp_path, "a_file")
+    (tmp_path / "choice.yaml").write_text(
+        "dataset: digits\nexperiment: {}\nparams:\n"
+        "  plasticity.develop_every: {type: categorical, choices: [epoch, x]}\n"
+        "objectives: [{metric: val_acc, mode: max}, {metric: energy_pj, mode: min}]\n"
+        "reference_point: [0, 1.0e9]\n")
+    err = _fails_cleanly(["spaces", "validate", "choice.yaml"], tmp_path,
+                         "value 'x' is invalid for 'plasticity.develop_every': Input should be 'epoch'")
+    assert "literal" not in err  # no pydantic internals in the message
     # nothing listens on port 1: both fail in seconds instead of retrying for minutes
     _fails_cleanly(["run", "--space", space, "--num-samples", "1", "--epochs", "1", "--name", "t",
                     "--tracking-uri", "http://127.0.0.1:1"], tmp_path, "no MLflow server answers")
