@@ -746,3 +746,57 @@ def test_regrowth_revives_a_neuron_behind_batchnorm():
     bnw = layers[0].norm.weight.detach()
     assert torch.all(bnw[~m.neuron] == 0)  # still-pruned neurons stay silenced
 
+
+
+def test_revived_neuron_behind_batchnorm_starts_fresh():
+    """The scenario of the regeneration test with BN after the layer: while pruned, the neuron's
+    BN scale and shift are 0 (its output is exactly 0); when a group regrows it comes back with
+    BN weight 1, bias 0 and running statistics (0, 1), whatever they were before."""
+    torch.manual_seed(0)
+    fc, bn, out = nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2)
+    layers = [LayerInfo("fc", fc, "fc", norm=bn), LayerInfo("out", out, "fc", is_output=True)]
+    sd = StructuralDevelopment(layers, PlasticityConfig(spine_window=1, rho_init_fc=40), num_outputs=2)
+    opt = torch.optim.AdamW(list(fc.parameters()) + list(bn.parameters()), lr=1e-2)
+    for v in (0.5, 0.4, 0.3, 0.3):  # rows 0, 1 decay -> pruned at step 3
+        with torch.no_grad():
+            fc.weight[:2], fc.weight[2:] = v, 0.5
+        sd.develop(opt)
+    assert sd.masks()["fc"].neuron.tolist() == [False, False, True, True, True]
+    assert bn.weight[0].item() == 0.0 and bn.bias[0].item() == 0.0
+    with torch.no_grad():
+        bn.running_mean[0], bn.running_var[0] = 3.0, 7.0  # stale statistics of the pruned neuron
+    g = torch.ones(5, 4)
+    g[:2] = 0
+    g[0, 2] = 10.0
+    revived = 0
+    for _ in range(3):
+        opt.zero_grad()
+        fc.weight.grad = g.clone()
+        bn.weight.grad, bn.bias.grad = torch.ones(5), torch.ones(5)  # live neurons' BN trains
+        sd.after_backward()
+        opt.step()
+        sd.after_optimizer_step(opt)
+        revived += sd.develop(opt)["revived"]
+    assert revived == 1 and sd.masks()["fc"].neuron.tolist() == [True, False, True, True, True]
+    assert bn.weight[0].item() == 1.0 and bn.bias[0].item() == 0.0
+    assert bn.running_mean[0].item() == 0.0 and bn.running_var[0].item() == 1.0
+    assert bn.weight[1].item() == 0.0 and bn.bias[1].item() == 0.0  # the other one stays pruned
+    for p in (bn.weight, bn.bias):
+        st = opt.state[p]
+        assert st["exp_avg"][0].item() == 0.0 and st["exp_avg_sq"][0].item() == 0.0  # fresh state
+        assert st["exp_avg"][2].item() != 0.0  # a live neuron's state is kept
+
+
+def test_reference_preset_has_the_published_constants():
+    """The numbers of sd-snn.md sections 2, 5, 7, 8, 9 and 12, typed in from the document (not
+    read back from the code's own table)."""
+    from sdsnn.config import REFERENCE_PLASTICITY
+
+    ref = PlasticityConfig(**REFERENCE_PLASTICITY)
+    assert (ref.develop_every, ref.spine_window, ref.shrink_factor) == ("epoch", 18, 0.75)
+    assert (ref.regrow_p0_fc, ref.regrow_p0_conv, ref.regrow_b, ref.regrow_p_max) == (60, 65, 1.1, 99)
+    assert ref.effective_regrow_window == 18
+    assert (ref.rho_init_conv, ref.rho_init_fc, ref.rho_max) == (0.5, 2.0, 95)
+    assert (ref.trophic_a_conv, ref.trophic_tau_conv, ref.trophic_floor_conv) == (1.0, 5, 0)
+    assert (ref.trophic_a_fc, ref.trophic_tau_fc, ref.trophic_floor_fc) == (0.5, 1, 0.0005)
+    assert ref.min_live_fraction == 0.01 and ref.min_range == 0 and ref.prune_output_layer is False

@@ -212,3 +212,14 @@ def test_budgeted_training_benchmark_pauses_and_resumes(tmp_path):
     assert _strip_times(whole.history) == _strip_times(json.loads(line) for line in
                                                         (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     assert whole.test["test_acc"] == out["summary"]["test_acc"]
+
+
+def test_develop_every_epoch_runs_one_step_per_epoch(tmp_path):
+    """develop_every: epoch (the reference) -> development step s at the end of epoch s+1; with
+    N = 1 pruning starts at s = 3 > 2N, i.e. at the end of epoch 4, not before."""
+    cfg = tiny_cfg(**{"train.epochs": 4, "plasticity.develop_every": "epoch", "plasticity.spine_window": 1})
+    res = train(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["development"]["step"] == 4
+    pruned = [h["pruned"] for h in res.history]
+    assert pruned[:3] == [0, 0, 0] and pruned[3] >= 2  # K = floor(24 * 10 / 100) = 2 per hidden layer
