@@ -248,8 +248,8 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
 
     trial_id = str(row["trial_id"])
     run_dir = Path(str(row.get("run_dir") or ""))
-    if not run_dir.is_absolute():
-        run_dir = study.path / "trials" / trial_id
+    if not run_dir.is_absolute() or not (run_dir / "checkpoint.pt").is_file():
+        run_dir = study.path / "trials" / trial_id  # relative, or the study folder was moved
     if not (run_dir / "checkpoint.pt").is_file():
         raise UserError(f"trial {trial_id} of {study.path} has no checkpoint at {run_dir / 'checkpoint.pt'}; "
                         f"re-run or resume the study so the trial finishes")

@@ -230,6 +230,18 @@ def feasible_mask(trials: pd.DataFrame, constraints: Sequence[Constraint]) -> np
 
 
 # ----------------------------------------------------------------------------- loading
+def local_tracking_uri(uri: Optional[str], study_dir: Path) -> Optional[str]:
+    """The study's own sqlite store where it is now: a study folder that was moved or copied
+    (e.g. from a cluster to a laptop) still names the old absolute path in study.json."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return uri
+    here = Path(study_dir).resolve() / "mlflow.db"
+    if not Path(uri[len("sqlite:///"):]).exists() and here.is_file():
+        return f"sqlite:///{here}"
+    return uri
+
+
+
 
 
 def _bool_column(col: pd.Series) -> pd.Series:
@@ -253,6 +265,7 @@ def load_study(path: str | Path) -> Study:
     for key in ("objectives", "reference_point"):
         if not meta.get(key):
             raise UserError(f"{meta_file} has no '{key}'; re-run the study with a current 'sdsnn-search run'")
+    meta["tracking_uri"] = local_tracking_uri(meta.get("tracking_uri"), p)
     if len(meta["reference_point"]) != len(meta["objectives"]):
         raise UserError(f"{meta_file}: reference_point has {len(meta['reference_point'])} values for "
                         f"{len(meta['objectives'])} objectives; give one per objective in the space file")

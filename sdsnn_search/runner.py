@@ -470,6 +470,9 @@ def read_study(study_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"{p} is not valid JSON ({getattr(e, 'msg', e)}); restore it or re-run the study") from None
     if not isinstance(info, dict):
         raise UserError(f"{p} is not a study description (a JSON object); restore it or re-run the study")
+    from .pareto import local_tracking_uri
+
+    info["tracking_uri"] = local_tracking_uri(info.get("tracking_uri"), Path(study_dir))
     return info
 
 

@@ -146,3 +146,36 @@ def test_export_knee_alias_and_errors(study, tmp_path):
     r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "no study.json" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_moved_study_folder_still_exports_and_reports(study, tmp_path):
+    """Copy the study elsewhere and remove the original (a study trained on a cluster, analysed on
+    a laptop): trials.csv and study.json still name the old absolute paths, yet export finds the
+    checkpoints under trials/ and the MLflow store beside study.json."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from sdsnn_search.cli import main
+    from sdsnn_search.runner import read_study
+
+    old = tmp_path / "old" / "tiny"
+    shutil.copytree(study, old)
+    trials = pd.read_csv(old / "trials.csv")
+    trials["run_dir"] = [str(old / "trials" / t) for t in trials["trial_id"]]
+    trials.to_csv(old / "trials.csv", index=False)
+    info = json.loads((old / "study.json").read_text())
+    info["tracking_uri"] = f"sqlite:///{old / 'mlflow.db'}"
+    (old / "study.json").write_text(json.dumps(info))
+    new = tmp_path / "new" / "tiny"
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+
+    assert read_study(new)["tracking_uri"] == f"sqlite:///{(new / 'mlflow.db').resolve()}"
+    r = CliRunner().invoke(main, ["pareto", str(new)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["export", str(new), "--pick", "knee", "--out", str(tmp_path / "exp")])
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "exp" / "knee" / "card.json").read_text())
+    assert card["test"]["identical_predictions"] is True
+    assert "registered" in r.output
