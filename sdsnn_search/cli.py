@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -50,11 +51,15 @@ _DATA_ROOT_HELP = "data root folder(s), os.pathsep-separated; default $SDSNN_DAT
 @click.argument("name", required=False)
 @click.option("--data-root", default=None, metavar="DIR", help=_DATA_ROOT_HELP)
 def data_check(name, data_root) -> None:
-    """Show, per dataset, whether it is present / partial / absent, where, and its sample counts."""
+    """Show, per dataset, whether it is present / partial / absent, where, and its sample counts.
+
+    Exit code 1 when NAME is given and absent (for scripts), else 0.
+    """
     from sdsnn.data import check_datasets, data_roots, format_status_table
 
     statuses = check_datasets([name] if name else None, data_root)
-    click.echo("data roots: " + ", ".join(str(r) for r in data_roots(data_root)))
+    roots = data_roots(data_root)
+    click.echo("data roots: " + ", ".join(f"{r}{'' if Path(r).is_dir() else ' (does not exist)'}" for r in roots))
     for line in format_status_table(statuses):
         click.echo(line)
     if name and statuses[0].state == "absent":
