@@ -159,6 +159,21 @@ def _run_driver(study_root: Path, spec_raw: dict, env: dict) -> subprocess.Popen
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def _wait_for_table(study_dir: Path, ready, timeout: float = 120.0) -> pd.DataFrame:
+    """Poll the study's trials table until ``ready(table)``; the last table read (empty if none)."""
+    df = pd.DataFrame({"status": [], "epochs": [], "trial_id": []})
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            df = pd.read_parquet(study_dir / "trials.parquet")
+        except Exception:
+            continue
+        if ready(df):
+            break
+    return df
+
+
 def _descendants(pid: int) -> list[int]:
     """Process ids below ``pid`` (from /proc)."""
     parent: dict[int, int] = {}
@@ -194,17 +209,8 @@ def test_kill_and_resume(ray_session, tmp_path):
     env = dict(os.environ, SDSNN_FAKE_SLEEP="1.0")
     proc = _run_driver(tmp_path, spec_raw, env)
     study_dir = tmp_path / "killed"
-    done_before: set[str] = set()
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
-        try:
-            df = pd.read_parquet(study_dir / "trials.parquet")
-        except Exception:
-            continue
-        done_before = set(df.loc[df["status"] == "completed", "trial_id"])
-        if len(done_before) >= 2 and (df["status"] == "running").any():
-            break
+    df = _wait_for_table(study_dir, lambda d: (d["status"] == "completed").sum() >= 2 and (d["status"] == "running").any())
+    done_before = set(df.loc[df["status"] == "completed", "trial_id"])
     assert 2 <= len(done_before) < 6, "the driver did not get going"
     kids = _descendants(proc.pid)
     assert kids  # Ray's processes
@@ -243,15 +249,7 @@ def test_ctrl_c_marks_cut_trials_interrupted_and_resume_finishes_them(ray_sessio
     env = dict(os.environ, SDSNN_FAKE_SLEEP="1.0")
     proc = _run_driver(tmp_path, spec_raw, env)
     study_dir = tmp_path / "killed"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
-        try:
-            df = pd.read_parquet(study_dir / "trials.parquet")
-        except Exception:
-            continue
-        if (df["status"] == "running").any() and (df["epochs"] >= 1).any():
-            break
+    _wait_for_table(study_dir, lambda d: (d["status"] == "running").any() and (d["epochs"] >= 1).any())
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=90) == 0  # run_study returns normally after a graceful stop
     info = read_study(study_dir)
