@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import ExperimentConfig
+import json
+
+from .config import ExperimentConfig, flatten_dict
 from .errors import UserError
 from .train import CHECKPOINT_NAME, TrainResult, train
 
@@ -62,6 +64,33 @@ class Comparison:
         return out
 
 
+#: Settings a resumed run may change: the schedule's length and where / how it runs.
+RESUME_MAY_CHANGE = ("train.epochs", "train.threads", "train.device", "data.data_root", "data.num_workers")
+
+
+def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """:class:`UserError` unless ``cfg`` equals the config the run in ``run_dir`` was trained with,
+    apart from :data:`RESUME_MAY_CHANGE` (a resumed run continues *that* experiment; a different
+    model would not load and different data or development would silently mix two experiments).
+    A longer ``train.epochs`` extends the cosine schedule from where it stands: that is not the
+    same as a fresh run of that length."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return
+    old = flatten_dict(json.loads(path.read_text()))
+    new = flatten_dict(cfg.to_dict())
+    diff = [k for k in sorted(set(old) | set(new)) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)]
+    metrics = Path(run_dir) / "metrics.jsonl"
+    done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+    if cfg.train.epochs < done:
+        raise UserError(f"--resume: {run_dir.parent} has trained {done} epochs already; give --epochs {done} or more")
+    if diff:
+        shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise UserError(f"--resume: {run_dir.parent} was trained with other settings: {shown}{more}; resume it with "
+                        f"its own settings (only {', '.join(RESUME_MAY_CHANGE)} may change) or use another --out")
+
+
 def train_against_dense(
     cfg: ExperimentConfig,
     out_dir: Optional[str | Path] = None,
@@ -78,6 +107,8 @@ def train_against_dense(
     :class:`UserError`, raised before anything is written).
     """
     out = Path(out_dir) if out_dir is not None else None
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: continue the run, or replace it")
     if out is not None:
         held = [p for p in (out / "sdsnn" / CHECKPOINT_NAME, out / "dense" / CHECKPOINT_NAME) if p.exists()]
         if resume and not (out / "sdsnn" / CHECKPOINT_NAME).exists():
@@ -86,6 +117,8 @@ def train_against_dense(
         if held and not resume and not overwrite:
             raise UserError(f"{out}: holds a run already ({held[0]}); continue it with --resume, replace it "
                             f"with --overwrite, or pick another --out")
+        if resume:
+            check_resumable(out / "sdsnn", cfg)
     run = train(cfg, out / "sdsnn" if out else None, resume=resume, evaluate_test=True, progress=progress)
     dense = None
     if baseline and cfg.plasticity.mode != "dense":

@@ -29,6 +29,7 @@ __all__ = [
     "ExperimentConfig",
     "load_config",
     "read_yaml_file",
+    "flatten_dict",
     "apply_overrides",
     "format_validation_error",
     "REFERENCE_PLASTICITY",
@@ -227,6 +228,18 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     out = copy.deepcopy(base)
     for k, v in overrides.items():
         _set_dotted(out, k, v)
+    return out
+
+
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the dotted paths that overrides use)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, key + "."))
+        else:
+            out[key] = v
     return out
 
 

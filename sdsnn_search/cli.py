@@ -90,18 +90,19 @@ def data_fetch(name, data_root) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for checkpoints and metrics (default results/train-<name>-<dataset>).")
 @click.option("--baseline/--no-baseline", default=True, help="Also train the dense baseline and compare.")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out with its own settings (only --epochs, threads, device and data root may change).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (default: refuse).")
 def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resume, overwrite) -> None:
     """Train one experiment without Ray and print it against its dense baseline."""
-    from sdsnn.cli_support import load_train_config, default_out_dir
+    from sdsnn.cli_support import resolve_train_run
     from sdsnn.data import ensure_available
 
-    cfg = load_train_config(config_path, dataset=dataset, epochs=epochs, data_root=data_root, sets=sets)
+    cfg, out = resolve_train_run(config_path, out_dir=out_dir, resume=resume, dataset=dataset, epochs=epochs,
+                                 data_root=data_root, sets=sets)
     ensure_available(cfg.data)  # before torch is imported: a missing dataset fails at once
     from sdsnn.compare import train_against_dense
 
-    out = out_dir or default_out_dir(cfg)
     comp = train_against_dense(cfg, out, baseline=baseline, resume=resume, overwrite=overwrite)
     from rich.console import Console
     from rich.table import Table
@@ -139,6 +140,11 @@ def run_cmd(space_file, num_samples, max_concurrent, epochs, results_dir, name, 
     """Run a multi-objective search: Ray Tune trials, Optuna proposals, MLflow records."""
     from sdsnn_search.runner import resume_study, run_study
 
+    given = [f for f, v in (("--space", space_file), ("--num-samples", num_samples), ("--max-concurrent", max_concurrent),
+                            ("--epochs", epochs), ("--name", name), ("--seed", seed), ("--tracking-uri", tracking_uri),
+                            ("--data-root", data_root)) if v is not None]
+    if resume_dir and given:
+        raise UserError(f"run --resume {resume_dir}: a resumed study keeps its own settings; drop {', '.join(given)}")
     if resume_dir:
         out = resume_study(resume_dir, address=address)
     else:

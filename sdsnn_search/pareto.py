@@ -406,6 +406,11 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
     }
     if not feasible.any():
         cons = "; ".join(str(c) for c in constraints) or "none"
+        if counts["completed"] == 0:
+            failed = int((trials["status"].astype(str).isin(["failed", "nan"]) & ~baseline).sum())
+            raise UserError(
+                f"no search trial of dataset '{first.dataset}' in {where} completed ({failed} failed or diverged); "
+                f"see the trials' 'error' tags in MLflow (sdsnn-search ui DIR) and run the study again")
         raise UserError(
             f"no feasible trial for dataset '{first.dataset}' in {where}: {counts['feasible']} of "
             f"{counts['completed']} completed search trials satisfy the constraints ({cons}); "

@@ -161,8 +161,10 @@ class ProgressView(Callback):
         self._state[trial.trial_id] = "failed"
         nan = (trial.last_result or {}).get("trial_status") == "nan"
         c = self._counts()
-        self._say(f"[{c['completed'] + c['failed']}/{self.total}] trial {trial.trial_id} failed"
-                  f"{' (loss became NaN)' if nan else ''}")
+        from .tracking import error_line
+
+        why = "loss became NaN" if nan else error_line(trial)
+        self._say(f"[{c['completed'] + c['failed']}/{self.total}] trial {trial.trial_id} failed: {why}")
         self._refresh(True)
 
     def on_step_end(self, iteration, trials, **info):

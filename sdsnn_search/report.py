@@ -79,6 +79,8 @@ def _fmt(v) -> str:
         return str(bool(v))
     if isinstance(v, (int, np.integer)):
         return str(int(v))
+    if isinstance(v, str):  # trial ids such as '09950869' or '1e345678' are names, not numbers
+        return v
     try:
         f = float(v)
     except (TypeError, ValueError):

@@ -535,6 +535,11 @@ def run_study(
 
         if not ray.is_initialized():
             check_resources(spec, where)
+        # local trials read the data here: a missing dataset fails now, not once per trial
+        # (on a cluster the workers' data roots count, so the driver does not check its own)
+        from sdsnn.data import ensure_available
+
+        ensure_available(spec.trial_config({}, baseline=True, data_root=data_root).data)
     if tracking_uri:
         from .tracking import check_tracking_uri
 

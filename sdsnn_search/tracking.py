@@ -22,6 +22,8 @@ from typing import Any, Optional
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from ray.tune import Callback  # noqa: E402
+from sdsnn.config import flatten_dict  # noqa: E402
+
 from .stop import cut_short  # noqa: E402
 from .trainable import NON_METRIC_KEYS  # noqa: E402
 
@@ -77,17 +79,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _param_value(v: Any) -> str:
     s = str(v)
     return s if len(s) <= 6000 else s[:5997] + "..."
@@ -123,7 +114,7 @@ def start_study_run(
     }
     run = c.create_run(exp_id, tags=tags, run_name=study_name)
     rid = run.info.run_id
-    flat = _flatten({k: spec_dict[k] for k in ("dataset", "search", "scheduler", "resources")})
+    flat = flatten_dict({k: spec_dict[k] for k in ("dataset", "search", "scheduler", "resources")})
     flat["seed"] = seed
     flat["objectives"] = ", ".join(f"{o['metric']}:{o['mode']}" for o in spec_dict["objectives"])
     flat["constraints"] = ", ".join(f"{c_['metric']}{c_['op']}{c_['value']}" for c_ in spec_dict["constraints"])
@@ -258,12 +249,13 @@ class MlflowTracker(Callback):
         rid = self._runs.get(trial.trial_id) or self.child_run(trial)
         nan = (trial.last_result or {}).get("trial_status") == "nan"
         self.client.set_tag(rid, "status", "nan" if nan else "failed")
-        reason = "loss became NaN or infinite" if nan else _error_line(trial)
+        reason = "loss became NaN or infinite" if nan else error_line(trial)
         self.client.set_tag(rid, "error", reason)
         self.client.set_terminated(rid, status="FAILED")
 
 
-def _error_line(trial) -> str:
+def error_line(trial) -> str:
+    """The last line of a failed trial's error (its exception), for logs and tags."""
     try:
         path = trial.error_file
         if path and Path(path).exists():

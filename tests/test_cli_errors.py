@@ -63,6 +63,10 @@ def test_bad_files_and_values_fail_in_one_line(tmp_path, monkeypatch):
     err = _fails_cleanly(["spaces", "validate", "choice.yaml"], tmp_path,
                          "value 'x' is invalid for 'plasticity.develop_every': Input should be 'epoch'")
     assert "literal" not in err  # no pydantic internals in the message
+    _fails_cleanly(["run", "--space", space, "--resume", "broken"], tmp_path, "keeps its own settings")
+    # a search on a dataset that is not there fails before any trial runs or any folder is made
+    _fails_cleanly(["run", "--space", str(REPO / "search_spaces" / "mnist.yaml"), "--data-root", str(tmp_path / "none")],
+                   tmp_path, "dataset 'mnist' not found")
     # nothing listens on port 1: both fail in seconds instead of retrying for minutes
     _fails_cleanly(["run", "--space", space, "--num-samples", "1", "--epochs", "1", "--name", "t",
                     "--tracking-uri", "http://127.0.0.1:1"], tmp_path, "no MLflow server answers")
@@ -88,3 +92,12 @@ def test_train_refuses_to_overwrite_and_to_resume_nothing(tmp_path, monkeypatch)
     again = CliRunner().invoke(main, [*args, "--overwrite"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert ckpt.stat().st_mtime_ns != stamp
+    # --resume continues *this* run: its own settings, a longer schedule only
+    _fails_cleanly([*args, "--resume", "--overwrite"], tmp_path, "contradict each other")
+    _fails_cleanly(["train", "--resume", "--out", "run", "--set", "model.width=16"], tmp_path,
+                   "model.width 8 -> 16")
+    more = CliRunner().invoke(main, ["train", "--resume", "--out", "run", "--epochs", "2", "--no-baseline"],
+                              catch_exceptions=False)  # no need to repeat the run's --set options
+    assert more.exit_code == 0, more.output
+    assert len((tmp_path / "run" / "sdsnn" / "metrics.jsonl").read_text().splitlines()) == 2
+    _fails_cleanly(["train", "--resume", "--out", "run", "--epochs", "1"], tmp_path, "trained 2 epochs already")

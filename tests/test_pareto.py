@@ -212,3 +212,14 @@ def test_final_table_of_a_run_respects_the_space_constraints():
     assert set(pareto_rows(df, objectives)["trial_id"]) == {"a", "b", "c"}
     cons = [{"metric": "val_acc", "op": ">=", "value": 0.5}]
     assert list(pareto_rows(df, objectives, cons)["trial_id"]) == ["b", "c"]
+
+
+def test_a_study_where_every_trial_failed_says_so(tmp_path):
+    """Not "relax the constraints": nothing completed, so the error points at the failures."""
+    from sdsnn_search.pareto import analyze_studies
+
+    t = make_trials(5)
+    t["status"] = "failed"
+    d = write_study(tmp_path, "allfail", t)
+    with pytest.raises(UserError, match=r"no search trial .* completed \(5 failed or diverged\)"):
+        analyze_studies([d])

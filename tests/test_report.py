@@ -138,3 +138,10 @@ def test_hypervolume_history_follows_mlflow_end_times(tmp_path):
     expected = list(trials["trial_id"].to_numpy()[np.argsort(finish)])
     assert list(res.history["trial_id"]) == expected
     assert res.studies[0].order_source.startswith("end times")
+
+
+def test_report_prints_trial_ids_as_names_not_numbers():
+    from sdsnn_search.report import _fmt
+
+    assert _fmt("09950869") == "09950869" and _fmt("1e345678") == "1e345678"
+    assert _fmt(123456.0) == "1.235e+05" and _fmt(float("nan")) == "-"
