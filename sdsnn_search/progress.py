@@ -126,6 +126,30 @@ class ProgressView(Callback):
         if self._console is not None and self._live is None:
             self._console.print(text, highlight=False)
 
+    def setup(self, **info):
+        """A resumed study counts the trials it finished before (from its trials table)."""
+        path = self.study_dir / "trials.parquet"
+        if not path.is_file():
+            return
+        try:
+            df = pd.read_parquet(path)
+        except Exception:  # an unreadable table only costs the head start of the counter
+            return
+        for _, r in df.iterrows():
+            st = str(r.get("status"))
+            if st in ("completed", "failed", "nan"):
+                self._state[str(r["trial_id"])] = "completed" if st == "completed" else "failed"
+            if st == "completed" and not bool(r.get("is_baseline", False)):
+                self._note_best(r)
+
+    def _note_best(self, values) -> None:
+        for o in self.objectives:
+            v = values.get(o["metric"])
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                b = self._best.get(o["metric"])
+                if b is None or (v > b if o["mode"] == "max" else v < b):
+                    self._best[o["metric"]] = float(v)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._state[trial.trial_id] = "running"
         self._refresh(True)
@@ -144,13 +168,7 @@ class ProgressView(Callback):
             return
         self._state[trial.trial_id] = "completed"
         if not baseline:
-            for o in self.objectives:
-                v = last.get(o["metric"])
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    b = self._best.get(o["metric"])
-                    better = b is None or (v > b if o["mode"] == "max" else v < b)
-                    if better:
-                        self._best[o["metric"]] = float(v)
+            self._note_best(last)
         vals = "  ".join(f"{o['metric']}={_fmt(last.get(o['metric']))}" for o in self.objectives)
         c = self._counts()
         self._say(f"[{c['completed'] + c['failed']}/{self.total}] {'baseline' if baseline else 'trial'} "

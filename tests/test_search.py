@@ -292,3 +292,17 @@ def test_two_node_cluster_trials_land_on_both_nodes(tmp_path):
         os.environ.pop("SDSNN_FAKE_SLEEP", None)
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_progress_of_a_resumed_study_counts_the_trials_done_before(tmp_path):
+    from sdsnn_search.progress import ProgressView
+
+    spec = _fake_spec(num_samples=3, epochs=2)
+    pd.DataFrame({"trial_id": ["b", "t1", "t2", "t3"], "status": ["completed", "completed", "failed", "interrupted"],
+                  "is_baseline": [True, False, False, False], "val_acc": [0.9, 0.8, float("nan"), 0.5],
+                  "energy_pj": [5.0, 3.0, float("nan"), 1.0]}).to_parquet(tmp_path / "trials.parquet")
+    view = ProgressView(spec, tmp_path, enabled=False)
+    view.setup()
+    c = view._counts()
+    assert (c["completed"], c["failed"], c["running"]) == (2, 1, 0)  # the interrupted one is still to do
+    assert view._best == {"val_acc": 0.8, "energy_pj": 3.0}  # search trials only, not the baseline
