@@ -661,18 +661,30 @@ class _Interrupted(Exception):
     pass
 
 
-class _NoRestoreHint(logging.Filter):
-    """Drops Tune's "Resume experiment with: Tuner.restore(...)" line after an interrupted run:
-    ours says ``sdsnn-search resume DIR`` (a Tuner.restore by hand would lose the searcher setup)."""
+class _DropLines(logging.Filter):
+    """Drops log records that contain one of ``fragments``."""
+
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        msg = record.getMessage()
+        return not any(f in msg for f in self.fragments)
 
 
-def _hide_tune_restore_hint() -> None:
-    log = logging.getLogger("ray.tune.tune")
-    if not any(isinstance(f, _NoRestoreHint) for f in log.filters):
-        log.addFilter(_NoRestoreHint())
+# Tune's lines that mislead here: its "Resume experiment with: Tuner.restore(...)" (ours says
+# `sdsnn-search resume DIR`; a Tuner.restore by hand would lose the searcher setup), and "Failed to
+# fetch metrics" for trials that never reported (our trials table is the record of the study).
+_TUNE_NOISE = {"ray.tune.tune": ("Tuner.restore(",),
+               "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",)}
+
+
+def _quiet_tune() -> None:
+    for name, fragments in _TUNE_NOISE.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in log.filters):
+            log.addFilter(_DropLines(*fragments))
 
 
 def _close_dangling_optuna_trials(study_dir: Path, study_name: str) -> None:
@@ -762,7 +774,7 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
         os.kill(os.getpid(), signal.SIGUSR1)
 
     saved: dict[int, Any] = {}
-    _hide_tune_restore_hint()
+    _quiet_tune()
     old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune leaves SIGINT to _on_stop
     try:
