@@ -235,11 +235,12 @@ def pareto(dirs, out_dir, log_mlflow) -> None:
               help="Folder for the exported models (one sub-folder per pick).")
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Register in the study's MLflow model registry with an alias named after the pick.")
-def export_cmd(study_dir, pick, out_dir, register) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace pick folders that exist in --out (default: refuse).")
+def export_cmd(study_dir, pick, out_dir, register, overwrite) -> None:
     """Export Pareto-picked trials as compact models (safetensors + JSON) with a model card."""
     from sdsnn_search.export import export_study
 
-    for e in export_study(study_dir, pick, out_dir, register=register):
+    for e in export_study(study_dir, pick, out_dir, register=register, overwrite=overwrite):
         t, p, s = e.card["test"], e.card["parameters"], e.card["speed"]
         click.echo(f"{e.alias}: trial {e.trial_id} -> {e.folder}")
         click.echo(f"  test acc {t['acc']:.4f} on {t['samples']} samples; predictions after reload: "

@@ -376,8 +376,11 @@ def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dic
 
 
 def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, register: bool = True,
-                 progress: bool = False) -> list[Exported]:
-    """Export the picked Pareto trials of one study folder (see module doc)."""
+                 overwrite: bool = False, progress: bool = False) -> list[Exported]:
+    """Export the picked Pareto trials of one study folder (see module doc).
+
+    A pick folder that exists already is replaced only with ``overwrite`` (checked for every pick
+    before anything is exported)."""
     from .pareto import load_study
 
     if pick not in PICKS:
@@ -385,6 +388,10 @@ def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, regis
     study = load_study(study_dir)
     res = analyze([study])
     picked = pick_trials(res, pick)
+    taken = [Path(out_dir) / alias for alias, _ in picked if (Path(out_dir) / alias).exists()]
+    if taken and not overwrite:
+        raise UserError(f"{taken[0]} exists already; replace it with --overwrite (the registry then gets a new "
+                        f"version) or export to another --out")
     baseline = res.baselines.iloc[0] if len(res.baselines) else None
     out: list[Exported] = []
     for alias, row in picked:

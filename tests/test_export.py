@@ -141,6 +141,15 @@ def test_export_knee_alias_and_errors(study, tmp_path):
     mv = MlflowClient(tracking_uri=info["tracking_uri"]).get_model_version_by_alias("sdsnn-tiny", "knee")
     assert mv.tags["trial_id"] == knee
 
+    # an existing pick folder is replaced only on request
+    before = (tmp_path / "k" / "knee" / "card.json").read_text()
+    r = CliRunner().invoke(main, ["export", str(study), "--pick", "knee", "--out", str(tmp_path / "k")])
+    assert r.exit_code == 2 and "exists already" in r.output and r.output.count("\n") == 1
+    assert (tmp_path / "k" / "knee" / "card.json").read_text() == before
+    r = CliRunner().invoke(main, ["export", str(study), "--pick", "knee", "--out", str(tmp_path / "k"),
+                                  "--overwrite", "--no-register"])
+    assert r.exit_code == 0, r.output
+
     r = CliRunner().invoke(main, ["export", str(study), "--pick", "nope", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2
     r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "x")])
