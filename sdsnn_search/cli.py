@@ -103,7 +103,11 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
     ensure_available(cfg.data)  # before torch is imported: a missing dataset fails at once
     from sdsnn.compare import train_against_dense
 
-    comp = train_against_dense(cfg, out, baseline=baseline, resume=resume, overwrite=overwrite)
+    try:
+        comp = train_against_dense(cfg, out, baseline=baseline, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:  # every finished epoch is checkpointed
+        click.echo(f"\ninterrupted: continue with  sdsnn-search train --resume --out {out}", err=True)
+        sys.exit(130)
     from rich.console import Console
     from rich.table import Table
 

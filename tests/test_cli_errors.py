@@ -101,3 +101,29 @@ def test_train_refuses_to_overwrite_and_to_resume_nothing(tmp_path, monkeypatch)
     assert more.exit_code == 0, more.output
     assert len((tmp_path / "run" / "sdsnn" / "metrics.jsonl").read_text().splitlines()) == 2
     _fails_cleanly(["train", "--resume", "--out", "run", "--epochs", "1"], tmp_path, "trained 2 epochs already")
+
+
+def test_ctrl_c_during_train_says_how_to_continue(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sdsnn_search.cli", "train", "--dataset", "digits", "--epochs", "200",
+           "--no-baseline", "--set", "train.threads=1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "sdsnn" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"continue with  sdsnn-search train --resume --out {out}" in err and "Traceback" not in err
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 200
+    r = CliRunner().invoke(main, ["train", "--resume", "--out", str(out), "--epochs", str(done + 1), "--no-baseline"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert len(metrics.read_text().splitlines()) == done + 1
