@@ -38,6 +38,7 @@ __all__ = [
     "evaluate",
     "predict",
     "resolve_device",
+    "to_device",
     "logit_scale",
     "CHECKPOINT_NAME",
 ]
@@ -91,6 +92,16 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``. A batch that repeats one frame over T (direct encoding: an expanded
+    view with stride 0 along T) travels once and is expanded again there, instead of T copies."""
+    if x.device == device:
+        return x
+    if x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0:
+        return x[0].to(device, non_blocking=True).unsqueeze(0).expand(x.shape)
+    return x.to(device, non_blocking=True)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -129,7 +140,7 @@ def predict(model: torch.nn.Module, loader: Iterable, device: torch.device) -> t
     model.eval()
     preds, labels = [], []
     for x, y in loader:
-        rates = model.predict(x.to(device, non_blocking=True))
+        rates = model.predict(to_device(x, device))
         preds.append(rates.argmax(1).cpu())
         labels.append(y)
     return torch.cat(preds), torch.cat(labels)
@@ -144,7 +155,7 @@ def evaluate(
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
         y = y.to(device)
-        rates = model.predict(x.to(device, non_blocking=True))
+        rates = model.predict(to_device(x, device))
         loss_sum += float(_loss(rates, y, loss_kind, logit_scale)) * y.numel()
         correct += int((rates.argmax(1) == y).sum())
         total += y.numel()
@@ -205,7 +216,7 @@ def _structure_metrics(model, dev, cfg: ExperimentConfig, energy_inputs, device,
     else:
         m.update({"syn_prune_rate": 0.0, "syn_prune_rate_masks": 0.0, "neuron_prune_rate": 0.0,
                   "regrown": 0.0, "pruned": 0.0})
-    report = count_operations(model, masks, [x.to(device) for x in energy_inputs], cfg.energy)
+    report = count_operations(model, masks, [to_device(x, device) for x in energy_inputs], cfg.energy)
     m.update(report.to_metrics())
     m.update(report.firing_metrics())  # recorded during the same forward passes
     params = count_parameters(model, masks)
@@ -281,7 +292,7 @@ def train(
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in bundle.train:
-            x = x.to(device, non_blocking=True)
+            x = to_device(x, device)
             y = y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             rates = model(x)

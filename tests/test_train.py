@@ -223,3 +223,15 @@ def test_develop_every_epoch_runs_one_step_per_epoch(tmp_path):
     assert state["development"]["step"] == 4
     pruned = [h["pruned"] for h in res.history]
     assert pruned[:3] == [0, 0, 0] and pruned[3] >= 2  # K = floor(24 * 10 / 100) = 2 per hidden layer
+
+
+def test_a_repeated_frame_travels_to_the_device_once():
+    from sdsnn.train import to_device
+
+    frame = torch.rand(4, 1, 8, 8)
+    x = frame.unsqueeze(0).expand(6, -1, -1, -1, -1)  # direct encoding: T = 6 views of one frame
+    assert to_device(x, torch.device("cpu")) is x  # already there
+    moved = to_device(x, torch.device("meta"))  # another device (shape only)
+    assert moved.device.type == "meta" and moved.shape == x.shape and moved.stride(0) == 0
+    spikes = (torch.rand(6, 4, 1, 8, 8) < 0.5).float()  # Poisson / events: every step differs
+    assert to_device(spikes, torch.device("meta")).is_contiguous()
