@@ -435,3 +435,36 @@ def test_fetch_mnist_downloads_verifies_and_writes_atomically(tmp_path, monkeypa
     assert torch.equal(b.test.y, torch.arange(10))
     x_test = next(iter(b.test))[0][0, :, 0]  # first time step, channel 0: [10, 28, 28]
     assert torch.allclose(x_test, torch.from_numpy(arrays["t10k-images-idx3-ubyte"] / 255.0).float(), atol=1e-6)
+
+
+def test_event_frames_cache_key_follows_the_recordings_and_empty_recordings_load(tmp_path, data_cache_dir):
+    """Found by an audit: the cache key held only relative paths and sizes, so another data root
+    with the same layout (or a recording rewritten at the same size) got stale frames; and a
+    recording without events crashed the conversion."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_dvs(a, {"ibmGestureTrain": [1], "ibmGestureTest": [2]}, seed=0)
+    _write_dvs(b, {"ibmGestureTrain": [1], "ibmGestureTest": [2]}, seed=1)  # same layout and sizes
+    cfg = DataConfig(dataset="dvsgesture", time_steps=2, batch_size=4, resolution=32)
+    fa = build_loaders(cfg.model_copy(update={"data_root": str(a)}), seed=0, progress=False).test.x
+    fb = build_loaders(cfg.model_copy(update={"data_root": str(b)}), seed=0, progress=False).test.x
+    assert not torch.equal(fa, fb)
+    _write_dvs(tmp_path / "c", {"ibmGestureTrain": [1], "ibmGestureTest": [2]}, seed=2)
+    for f in (a / "DVSGesture" / "ibmGestureTest" / "user02_led").glob("*.npy"):  # rewrite in place
+        f.write_bytes((tmp_path / "c" / f.relative_to(a)).read_bytes())
+    fa2 = build_loaders(cfg.model_copy(update={"data_root": str(a)}), seed=0, progress=False).test.x
+    assert not torch.equal(fa, fa2)
+    # an empty recording gives empty frames, not a crash
+    np.save(a / "DVSGesture" / "ibmGestureTest" / "user02_led" / "3.npy", np.zeros((0, 4), dtype=np.int64))
+    fe = build_loaders(cfg.model_copy(update={"data_root": str(a)}), seed=0, progress=False).test.x
+    assert float(fe[:, 3].sum()) == 0.0 and float(fe[:, 4].sum()) > 0
+
+
+def test_event_resolution_is_the_width_and_height_keeps_the_aspect():
+    from sdsnn.data.events import DVSGestureEvents
+
+    class Davis346(DVSGestureEvents):  # a sensor that is not square: 346 x 260
+        sensor_size = (346, 260, 2)
+
+    ds = Davis346()
+    assert ds.input_shape == (2, 260, 346)
+    assert ds.shape_for(DataConfig(dataset="dvsgesture", resolution=173)) == (2, 130, 173)

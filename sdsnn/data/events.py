@@ -97,7 +97,7 @@ class EventDataset(Dataset):
         r = getattr(cfg, "resolution", None)
         if r is None or r == w:
             return (p, h, w)
-        return (p, int(r), int(round(h * r / w)))
+        return (p, int(round(h * r / w)), int(r))  # resolution is the new width; height keeps the aspect
 
     # ------------------------------------------------------------------ reading
     def sort_key(self, path: str, target: int) -> Any:
@@ -128,6 +128,11 @@ class EventDataset(Dataset):
         return tt.Compose(steps)
 
     def cache_key(self, root: Path, split: str, cfg: Any, files: Sequence[str]) -> str:
+        """Everything the frames depend on: the settings, tonic's version (its binning rules), and
+        per recording its place, size and modification time (another data root with the same
+        layout, or a recording rewritten in place, gets its own entry)."""
+        import tonic
+
         base = root / self.tonic_name
         desc = {
             "version": FRAME_CACHE_VERSION,
@@ -137,7 +142,9 @@ class EventDataset(Dataset):
             "shape": list(self.shape_for(cfg)),
             "denoise_us": getattr(cfg, "denoise_us", None),
             "tonic": self.tonic_kwargs,
-            "files": [[os.path.relpath(f, base), os.stat(f).st_size] for f in files],
+            "tonic_version": getattr(tonic, "__version__", "?"),
+            "root": str(Path(base).resolve()),
+            "files": [[os.path.relpath(f, base), st.st_size, st.st_mtime_ns] for f in files for st in [os.stat(f)]],
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -162,6 +169,11 @@ class EventDataset(Dataset):
             it = tqdm(it, desc=f"{self.name} {split} -> frames", unit="rec", leave=False)
         for i in it:
             f, _ = ds[i]
+            if getattr(getattr(f, "dtype", None), "names", None):
+                # tonic's Compose stops at an empty event array (an empty recording, or one that
+                # Denoise emptied) and hands back events, not frames: no event, no count
+                frames[i] = 0
+                continue
             np.clip(f, 0, 255, out=frames[i], casting="unsafe")
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
