@@ -36,6 +36,22 @@ COMPARISON_ROWS = [
 class Comparison:
     run: TrainResult
     dense: Optional[TrainResult]
+    config: Optional[ExperimentConfig] = None
+
+    def notes(self) -> list[str]:
+        """Plain-language remarks on the result (e.g. why nothing was pruned)."""
+        cfg, m = self.config, self.run.metrics
+        if cfg is None or cfg.plasticity.mode == "dense" or self.run.status != "completed":
+            return []
+        n = cfg.plasticity.spine_window
+        steps = int(m.get("dev_steps", 0))
+        if m.get("neuron_prune_rate", 0.0) == 0.0 and steps <= 2 * n:
+            every = "epoch" if cfg.plasticity.develop_every == "epoch" else f"{cfg.plasticity.develop_every} optimizer steps"
+            return [f"nothing was pruned yet: neuronal pruning starts at development step 2N+1 = {2 * n + 1} "
+                    f"(spine_window N = {n}, one step per {every}) and this run made {steps}; train longer "
+                    f"(--epochs), develop more often (--set plasticity.develop_every=K) or shorten the window "
+                    f"(--set plasticity.spine_window=1)"]
+        return []
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(label, SD-SNN value, dense value, delta) as display strings."""
@@ -124,4 +140,4 @@ def train_against_dense(
     if baseline and cfg.plasticity.mode != "dense":
         dcfg = cfg.dense_baseline()
         dense = train(dcfg, out / "dense" if out else None, resume=resume, evaluate_test=True, progress=progress)
-    return Comparison(run, dense)
+    return Comparison(run, dense, cfg)

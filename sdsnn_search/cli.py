@@ -118,6 +118,8 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
     for row in comp.rows():
         table.add_row(*row)
     Console().print(table)
+    for note in comp.notes():
+        click.echo(f"note: {note}")
     if comp.run.status != "completed":
         click.echo(f"run stopped early: {comp.run.status} (the loss became NaN or infinite)", err=True)
         sys.exit(1)

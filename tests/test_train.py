@@ -235,3 +235,15 @@ def test_a_repeated_frame_travels_to_the_device_once():
     assert moved.device.type == "meta" and moved.shape == x.shape and moved.stride(0) == 0
     spikes = (torch.rand(6, 4, 1, 8, 8) < 0.5).float()  # Poisson / events: every step differs
     assert to_device(spikes, torch.device("meta")).is_contiguous()
+
+
+def test_train_table_explains_a_run_too_short_to_prune(tmp_path):
+    from sdsnn.compare import train_against_dense
+
+    short = tiny_cfg(**{"train.epochs": 2, "plasticity.develop_every": "epoch", "plasticity.spine_window": 3})
+    comp = train_against_dense(short, tmp_path / "short", baseline=False, progress=False)
+    assert comp.run.metrics["neuron_prune_rate"] == 0.0 and comp.run.metrics["dev_steps"] == 2
+    (note,) = comp.notes()
+    assert "starts at development step 2N+1 = 7" in note and "made 2" in note
+    pruned = train_against_dense(tiny_cfg(), tmp_path / "long", baseline=False, progress=False)
+    assert pruned.run.metrics["neuron_prune_rate"] > 0 and pruned.notes() == []

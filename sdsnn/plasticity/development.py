@@ -468,6 +468,7 @@ class StructuralDevelopment:
         out["neuron_prune_rate"] = dead_n / all_n if all_n else 0.0
         out["pruned"] = float(self.last["pruned"])
         out["regrown"] = float(self.last["regrown"])
+        out["dev_steps"] = float(self.step)
         out["pruned_total"] = float(self.totals["pruned"])
         out["regrown_total"] = float(self.totals["regrown"])
         return out
