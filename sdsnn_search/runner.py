@@ -42,7 +42,7 @@ import pandas as pd  # noqa: E402
 from sdsnn.errors import ConfigError, UserError  # noqa: E402
 
 from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
-from .stop import STOP, cut_short  # noqa: E402
+from .stop import STOP, cut_short, ended_status  # noqa: E402
 from .trainable import BASELINE_KEY, NON_METRIC_KEYS, run_trial  # noqa: E402
 
 __all__ = ["run_study", "resume_study", "StudyOutcome", "check_resources", "read_study", "STUDY_FILE"]
@@ -203,9 +203,7 @@ def _trial_status(trial, total_epochs: int = 0) -> str:
     st = str(trial.status)
     last = trial.last_result or {}
     if st == "TERMINATED":
-        if cut_short(last, total_epochs):  # stopped by Ctrl-C / SIGTERM: resume continues it
-            return "interrupted"
-        return "nan" if last.get("trial_status") == "nan" else "completed"
+        return ended_status(last, total_epochs)  # "interrupted" by Ctrl-C / SIGTERM: resume continues it
     if st == "ERROR":
         return "nan" if last.get("trial_status") == "nan" else "failed"
     if st == "RUNNING":
@@ -289,9 +287,7 @@ def _table_callback_class():
         # Tune calls these before it sets the trial's final status: take it from the event
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.update(trial)
-            nan = (trial.last_result or {}).get("trial_status") == "nan"
-            short = cut_short(trial.last_result, self.total_epochs)
-            self.rows[trial.trial_id]["status"] = "interrupted" if short else "nan" if nan else "completed"
+            self.rows[trial.trial_id]["status"] = ended_status(trial.last_result, self.total_epochs)
             self.write()
 
         def on_trial_error(self, iteration, trials, trial, **info):

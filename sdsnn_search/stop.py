@@ -35,3 +35,11 @@ def cut_short(result: Mapping[str, Any] | None, total_epochs: int) -> bool:
     if not STOP.requested or r.get("trial_status") == "nan":
         return False
     return int(r.get("epoch", 0) or 0) < int(total_epochs)
+
+
+def ended_status(result: Mapping[str, Any] | None, total_epochs: int) -> str:
+    """How a trial that Tune ended normally is recorded: ``interrupted`` (cut short by a stop
+    request), ``nan`` (its loss diverged) or ``completed``."""
+    if cut_short(result, total_epochs):
+        return "interrupted"
+    return "nan" if (result or {}).get("trial_status") == "nan" else "completed"

@@ -24,7 +24,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from ray.tune import Callback  # noqa: E402
 from sdsnn.config import flatten_dict  # noqa: E402
 
-from .stop import cut_short  # noqa: E402
+from .stop import ended_status  # noqa: E402
 from .trainable import NON_METRIC_KEYS  # noqa: E402
 
 __all__ = [
@@ -238,10 +238,7 @@ class MlflowTracker(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rid = self._runs.get(trial.trial_id) or self.child_run(trial)
-        status = (trial.last_result or {}).get("trial_status", "completed")
-        status = "completed" if status == "running" else status
-        if cut_short(trial.last_result, self.total_epochs):
-            status = "interrupted"
+        status = ended_status(trial.last_result, self.total_epochs)
         self.client.set_tag(rid, "status", status)
         self.client.set_terminated(rid, status={"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
