@@ -715,6 +715,7 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     table = _table_callback_class()(str(study_dir), spec.to_dict(), spec.base_config(), tracker,
                                     total_epochs=spec.epochs)
     view = ProgressView(spec, study_dir, enabled=progress)
+    _quiet_tune()  # before Tuner.restore, which reads the trials' results (and warns of the unstarted)
     if restore:
         # callbacks come back from the pickled Tuner; fresh ones are passed through the run config
         tuner = tune.Tuner.restore(ray_path, trainable=fn, resume_unfinished=True, resume_errored=False)
@@ -770,7 +771,6 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
         os.kill(os.getpid(), signal.SIGUSR1)
 
     saved: dict[int, Any] = {}
-    _quiet_tune()
     old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune leaves SIGINT to _on_stop
     try:
