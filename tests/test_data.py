@@ -344,6 +344,28 @@ def test_nmnist_frames_and_cache_hit(data_cache_dir, monkeypatch):
         build_loaders(cfg.model_copy(update={"time_steps": 5}), seed=0, progress=False)
 
 
+def test_validation_split_by_group_holds_out_whole_groups():
+    groups = np.repeat(np.array(["u1", "u2", "u3", "u4", "u5"]), [30, 10, 25, 20, 15])  # n = 100
+    for seed in range(20):
+        tr, va = split_train_val(100, 0.2, seed=seed, groups=groups)
+        assert not set(tr) & set(va) and set(tr) | set(va) == set(range(100))
+        assert not set(groups[tr]) & set(groups[va])  # no subject on both sides
+        assert len(va) >= 20 and set(groups[tr])  # at least the fraction; training keeps a subject
+        # groups are taken only until the fraction is reached: without the last one it falls short
+        # (so without the largest one too)
+        assert len(va) - max(int((groups[va] == g).sum()) for g in set(groups[va])) < 20
+        assert all(np.array_equal(a, b) for a, b in zip((tr, va), split_train_val(100, 0.2, seed=seed, groups=groups)))
+    assert len({tuple(split_train_val(100, 0.2, seed=s, groups=groups)[1]) for s in range(20)}) > 3
+    # a fraction larger than all but one group still leaves one group for training
+    tr, va = split_train_val(100, 0.9, seed=0, groups=groups)
+    assert len(set(groups[tr])) == 1 and len(set(groups[va])) == 4
+    # one group: nothing to hold out, so samples are split as without groups
+    one = np.zeros(100, dtype=int)
+    assert all(np.array_equal(a, b) for a, b in zip(split_train_val(100, 0.2, 3, groups=one), split_train_val(100, 0.2, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        split_train_val(100, 0.2, 0, groups=groups[:50])
+
+
 def _write_dvs(root: Path, users: dict[str, list[int]], n: int = 400, seed: int = 0) -> None:
     """Synthetic DVS-Gesture in tonic's layout: userNN_<lighting>/<label>.npy, (n, 4) x, y, p, t[ms]."""
     rng = np.random.default_rng(seed)
@@ -365,7 +387,8 @@ def test_dvsgesture_synthetic_through_tonic_layout(tmp_path, data_cache_dir):
     assert res.exit_code == 0 and "partial" in res.output and "22 / 11" in res.output
     cfg = DataConfig(dataset="dvsgesture", data_root=str(tmp_path), time_steps=3, batch_size=8, resolution=32)
     b = build_loaders(cfg, seed=0, progress=False)
-    assert b.num_classes == 11 and b.input_shape == (2, 32, 32) and b.sizes == {"train": 20, "val": 2, "test": 11}
+    # validation holds out a whole subject (user01 or user02), as the test set does (user03)
+    assert b.num_classes == 11 and b.input_shape == (2, 32, 32) and b.sizes == {"train": 11, "val": 11, "test": 11}
     x, y = next(iter(b.train))
     assert x.shape == (3, 8, 2, 32, 32) and int(y.min()) >= 0 and int(y.max()) <= 10
     xt, yt = next(iter(b.test))

@@ -104,6 +104,10 @@ class EventDataset(Dataset):
         """Order of samples (``train_limit`` keeps the first N): by default the path."""
         return path
 
+    def groups_for(self, files: Sequence[str]) -> Optional[np.ndarray]:
+        """Who recorded each file (see :attr:`SplitArrays.groups`), or None: by default None."""
+        return None
+
     def tonic_dataset(self, root: Path, split: str, transform: Any = None) -> Any:
         cls = _partial_tonic_class(self.tonic_name, self.ext)
         ds = cls(str(root), train=(split == "train"), transform=transform, **self.tonic_kwargs)
@@ -152,11 +156,12 @@ class EventDataset(Dataset):
         ds = self.tonic_dataset(root, split, transform=self.transform(cfg))
         n = len(ds.data) if limit is None else min(limit, len(ds.data))
         files = ds.data[:n]
+        groups = self.groups_for(files)
         path = frame_cache_path(self.name, split, cfg, self.cache_key(root, split, cfg, files))
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    return SplitArrays(z["frames"], z["labels"])
+                    return SplitArrays(z["frames"], z["labels"], groups)
             except (OSError, ValueError, KeyError):
                 path.unlink(missing_ok=True)  # unreadable cache: rebuild it
         c, h, w = self.shape_for(cfg)
@@ -178,7 +183,7 @@ class EventDataset(Dataset):
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, frames=frames, labels=labels)
-        return SplitArrays(frames, labels)
+        return SplitArrays(frames, labels, groups)
 
     # ------------------------------------------------------------------ downloading
     def fetch(self, roots: Sequence[Path]) -> Path:
@@ -238,7 +243,8 @@ class DVSGestureEvents(EventDataset):
 
     ``DVSGesture/ibmGestureTrain/userNN_<lighting>/<label>.npy`` (and ``ibmGestureTest``), each an
     (n, 4) array of x, y, p, t with t in milliseconds. ``cfg.resolution`` (64, 48, 32, ...)
-    downsamples the frames spatially.
+    downsamples the frames spatially. The test set's subjects are not among the training set's,
+    so the validation split holds out whole subjects too (the ``userNN`` part of the folder).
     """
 
     tonic_name = "DVSGesture"
@@ -252,3 +258,6 @@ class DVSGestureEvents(EventDataset):
     def sort_key(self, path: str, target: int) -> Any:
         p = Path(path)
         return (p.parent.name, int(p.stem) if p.stem.isdigit() else 1 << 62)
+
+    def groups_for(self, files: Sequence[str]) -> Optional[np.ndarray]:
+        return np.array([Path(f).parent.name.split("_")[0] for f in files])

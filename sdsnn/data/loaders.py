@@ -42,14 +42,30 @@ def derive_seed(seed: int, stream: int, epoch: int = 0, batch: Optional[int] = N
     return int(ss.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
 
 
-def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(n: int, val_fraction: float, seed: int,
+                    groups: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint (train, val) index arrays covering ``range(n)``; a fixed function of ``seed``.
 
-    Both are returned sorted, so the split does not depend on anything but (n, fraction, seed).
+    Both are returned sorted, so the split does not depend on anything but (n, fraction, seed,
+    groups). Without ``groups`` the validation set is ``round(n * val_fraction)`` samples drawn at
+    random. With ``groups`` (one id per sample, e.g. the subject of a recording) it is made of
+    whole groups, drawn in a seeded random order until they hold at least that many samples; at
+    least one group stays for training. With a single group there is nothing to hold out, and the
+    samples are split as without groups.
     """
     n_val = int(round(n * val_fraction))
     n_val = min(max(n_val, 1), n - 1) if n >= 2 else 0
     g = torch.Generator().manual_seed(derive_seed(seed, _STREAMS["split"]))
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(f"groups has shape {groups.shape}, expected ({n},)")
+        ids, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+        if len(ids) >= 2 and n_val > 0:
+            order = torch.randperm(len(ids), generator=g).numpy()
+            taken = np.searchsorted(np.cumsum(sizes[order]), n_val) + 1  # groups until >= n_val
+            held = np.isin(inverse, order[: min(taken, len(ids) - 1)])
+            return np.flatnonzero(~held), np.flatnonzero(held)
     perm = torch.randperm(n, generator=g).numpy()
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -208,7 +224,8 @@ def build_loaders(cfg: DataConfig, seed: int, *, download: bool = False, progres
     """Train / validation / test loaders for ``cfg.dataset``.
 
     The validation set is ``cfg.val_fraction`` of the (limited) training set, chosen with
-    ``seed``; the test set is the dataset's own. Raises :class:`~sdsnn.errors.DatasetUnavailable`
+    ``seed`` (whole subjects where the dataset names them, see :func:`split_train_val`); the test
+    set is the dataset's own. Raises :class:`~sdsnn.errors.DatasetUnavailable`
     (one line, before anything is written) when the files are missing, unless ``download`` is
     True and the download succeeds.
     """
@@ -221,7 +238,7 @@ def build_loaders(cfg: DataConfig, seed: int, *, download: bool = False, progres
         root = ds.require(roots)
     tr = ds.load(root, "train", cfg, limit=cfg.train_limit, progress=progress)
     te = ds.load(root, "test", cfg, limit=cfg.test_limit, progress=progress)
-    idx_tr, idx_val = split_train_val(len(tr), cfg.val_fraction, seed)
+    idx_tr, idx_val = split_train_val(len(tr), cfg.val_fraction, seed, groups=tr.groups)
 
     events = ds.kind == "event"
     common = dict(

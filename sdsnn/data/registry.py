@@ -42,11 +42,15 @@ class SplitArrays:
     """One split held in memory.
 
     ``x``: uint8 images ``[N, C, H, W]`` (image datasets) or uint8 event-frame counts
-    ``[N, T, C, H, W]`` (event datasets, saturated at 255); ``y``: int64 labels ``[N]``.
+    ``[N, T, C, H, W]`` (event datasets, saturated at 255); ``y``: int64 labels ``[N]``;
+    ``groups``: optional ``[N]`` ids of who or what recorded each sample (DVS-Gesture's subjects).
+    When given, the validation split takes whole groups, so that validation accuracy is measured on
+    subjects the network never trained on, as the test set's are.
     """
 
     x: np.ndarray
     y: np.ndarray
+    groups: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
