@@ -65,6 +65,7 @@ __all__ = [
     "SpikingNet",
     "SpikingBlock",
     "BlockSpec",
+    "output_block",
 ]
 
 _SURROGATES: dict[str, Callable[[], nn.Module]] = {
@@ -578,7 +579,10 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
-def _out_block(cfg: ModelConfig, num_classes: int, after_spikes: bool = True) -> BlockSpec:
+def output_block(cfg: ModelConfig, num_classes: int, after_spikes: bool = True) -> BlockSpec:
+    """The classifier block every builder ends with: FC to ``num_classes``, LIF output neurons
+    (``readout: rate``) or none (``readout: potential``); ``after_spikes``: its input is spikes,
+    so ``model.dropout`` applies to it."""
     neuron = "none" if cfg.readout == "potential" else "lif"
     return BlockSpec("out", "fc", num_classes, neuron, cfg.v_threshold, batch_norm=False, bias=True,
                      dropout=cfg.dropout if after_spikes else 0.0)
@@ -592,7 +596,7 @@ def _mlp(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) 
                   dropout=cfg.dropout if i > 0 else 0.0)
         for i in range(cfg.depth)
     ]
-    return blocks + [_out_block(cfg, num_classes)]
+    return blocks + [output_block(cfg, num_classes)]
 
 
 def _conv_stack(cfg: ModelConfig, input_shape: tuple[int, int, int], channels: Sequence[int],
@@ -622,7 +626,7 @@ def _convnet(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: i
     if cfg.fc_width > 0:
         blocks.append(BlockSpec("fc1", "fc", cfg.fc_width, cfg.neuron, cfg.v_threshold,
                                 batch_norm=False, bias=True, dropout=cfg.dropout))
-    return blocks + [_out_block(cfg, num_classes)]
+    return blocks + [output_block(cfg, num_classes)]
 
 
 @register_model("sdsnn_cifar")
@@ -631,7 +635,7 @@ def _sdsnn_cifar(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classe
     pools = [False, True, False, True, False, False]
     blocks = _conv_stack(cfg, input_shape, channels, pools, "plif", bn=True)
     blocks.append(BlockSpec("fc1", "fc", 512, "lif", 0.5, batch_norm=False, bias=True, dropout=cfg.dropout))
-    return blocks + [_out_block(cfg, num_classes)]
+    return blocks + [output_block(cfg, num_classes)]
 
 
 @register_model("dvs_convnet")
@@ -641,7 +645,7 @@ def _dvs_convnet(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classe
     if cfg.fc_width > 0:
         blocks.append(BlockSpec("fc1", "fc", cfg.fc_width, cfg.neuron, cfg.v_threshold,
                                 batch_norm=False, bias=True, dropout=cfg.dropout))
-    return blocks + [_out_block(cfg, num_classes)]
+    return blocks + [output_block(cfg, num_classes)]
 
 
 def build_model(
@@ -663,6 +667,10 @@ def build_model(
     ``spiking_input_first``: the first layer's input is spikes/events (Poisson coding, event data)
     rather than analog values; decides whether energy accounting counts its SOPs or MACs.
     """
+    if cfg.name not in MODELS:
+        from .plugins import load_plugins
+
+        load_plugins()
     if cfg.name not in MODELS:
         raise ConfigError(
             f"model.name '{cfg.name}' is not a known backbone; choose one of {sorted(MODELS)}"

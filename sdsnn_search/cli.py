@@ -34,8 +34,19 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sdsnn-search")
-def main() -> None:
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE|FILE.py",
+              help="import this module or file first: your own backbones (register_model) and datasets "
+                   "(register_dataset); repeatable; added to $SDSNN_PLUGINS for Ray's workers")
+def main(plugins) -> None:
     """Multi-objective search over SD-SNN structural development for spiking networks."""
+    if plugins:
+        from sdsnn.plugins import add_plugins
+
+        try:
+            add_plugins(list(plugins))
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
 
 
 # ---------------------------------------------------------------- data (issue 2)
@@ -82,7 +93,7 @@ def data_fetch(name, data_root) -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Experiment YAML (any field of sdsnn.config.ExperimentConfig). Default: all defaults.")
-@click.option("--dataset", default=None, help="Override data.dataset (digits, mnist, cifar10, nmnist, dvsgesture).")
+@click.option("--dataset", default=None, help="Override data.dataset (digits, mnist, cifar10, nmnist, dvsgesture, or one a plugin registers).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs.")
 @click.option("--data-root", default=None, help="Override data.data_root.")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",

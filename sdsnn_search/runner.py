@@ -358,6 +358,10 @@ def _init_ray(address: Optional[str]) -> bool:
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                                   logging_level="WARNING")
+    from sdsnn.plugins import ENV as PLUGINS_ENV
+
+    if os.environ.get(PLUGINS_ENV):  # the cluster's workers load the same backbones and datasets
+        kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
     if address:
         _probe_ray_address(address)
         try:

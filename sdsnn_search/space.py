@@ -25,15 +25,15 @@ distributions over some of its fields, named by dotted path::
 
 :func:`load_space` reads and validates a file and returns a :class:`SearchSpec`. Every problem is
 a :class:`~sdsnn.errors.ConfigError` with one line naming the file, the field path and the fix.
-Nothing here imports Ray, Optuna or torch.
+Nothing here imports Ray or Optuna; torch only to check a backbone name that the space sets
+(``model.name``, fixed or as choices) against the model registry.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -52,7 +52,6 @@ __all__ = [
     "load_space",
     "parse_space",
     "KNOWN_METRICS",
-    "KNOWN_DATASETS",
     "DEFAULT_OBJECTIVES",
 ]
 
@@ -72,9 +71,6 @@ KNOWN_METRICS: dict[str, str] = {
     "neuron_prune_rate": "max",
     "epoch_time_s": "min",
 }
-
-#: Datasets of the registry in sdsnn.data (kept here so validation needs no torch import).
-KNOWN_DATASETS = ("digits", "mnist", "cifar10", "nmnist", "dvsgesture")
 
 DEFAULT_OBJECTIVES = [{"metric": "val_acc", "mode": "max"}, {"metric": "energy_pj", "mode": "min"}]
 
@@ -199,18 +195,40 @@ class SearchSpec(_Strict):
 
 
 # ------------------------------------------------------------------- validation
+def _check_model_names(spec: SearchSpec, fail: Callable[[str, str], None]) -> None:
+    """Backbone names the space sets (fixed, or as choices) must be registered: caught here, not
+    as a failed baseline trial. Imports the model registry (torch) only when a name is given."""
+    given: list[tuple[str, Any]] = []
+    fixed = (spec.experiment.get("model") or {}).get("name") if isinstance(spec.experiment.get("model"), dict) else None
+    if fixed is not None:
+        given.append(("experiment.model.name", fixed))
+    p = spec.params.get("model.name")
+    if p is not None and p.type == "categorical":
+        given += [("params.model.name.choices", c) for c in p.choices or []]
+    if not given:
+        return
+    from sdsnn.models import MODELS
+
+    for path, name in given:
+        if name not in MODELS:
+            fail(path, f"unknown backbone '{name}' (choose one of {', '.join(MODELS)}; your own: "
+                       f"register_model in a plugin, see 'Extending' in the README)")
+
+
 def _check(spec: SearchSpec, where: str) -> None:
     """Semantic checks beyond types; raise ConfigError naming the field."""
 
     def fail(path: str, msg: str) -> None:
         raise ConfigError(f"{where}: field '{path}': {msg}")
 
-    known = list(KNOWN_DATASETS)
-    registry = sys.modules.get("sdsnn.data")  # datasets registered by plugins, when already imported
-    if registry is not None:
-        known += [n for n in getattr(registry, "DATASETS", {}) if n not in known]
-    if spec.dataset not in known:
-        fail("dataset", f"unknown dataset '{spec.dataset}' (choose one of {', '.join(known)})")
+    from sdsnn.plugins import load_plugins
+
+    load_plugins()  # backbones and datasets of SDSNN_PLUGINS
+    from sdsnn.data import DATASETS  # the registry alone: no torch import
+
+    if spec.dataset not in DATASETS:
+        fail("dataset", f"unknown dataset '{spec.dataset}' (choose one of {', '.join(DATASETS)}; "
+                        f"your own: see 'Extending' in the README)")
     if "dataset" in (spec.experiment.get("data") or {}):
         fail("experiment.data.dataset", "set the dataset with the top-level 'dataset' field instead")
 
@@ -274,6 +292,8 @@ def _check(spec: SearchSpec, where: str) -> None:
                 fail(fp, f"'{path}' is not a field of the experiment config (see ExperimentConfig in sdsnn/config.py)")
         if path == "data.dataset":
             fail(fp, "the dataset cannot be searched; write one space file per dataset")
+
+    _check_model_names(spec, fail)
 
     if not 1 <= len(spec.objectives) <= 3:
         fail("objectives", f"give 1 to 3 objectives (got {len(spec.objectives)})")

@@ -64,6 +64,16 @@ def test_bad_files_and_values_fail_in_one_line(tmp_path, monkeypatch):
                          "value 'x' is invalid for 'plasticity.develop_every': Input should be 'epoch'")
     assert "literal" not in err  # no pydantic internals in the message
     _fails_cleanly(["run", "--space", space, "--resume", "broken"], tmp_path, "keeps its own settings")
+    # a backbone or dataset nobody registered fails validation, not as a failed baseline trial
+    (tmp_path / "net.yaml").write_text("dataset: digits\nexperiment: {model: {name: no_such_net}}\n")
+    _fails_cleanly(["run", "--space", "net.yaml", "--num-samples", "1", "--epochs", "1"], tmp_path,
+                   "field 'experiment.model.name': unknown backbone 'no_such_net'")
+    (tmp_path / "nets.yaml").write_text(
+        "dataset: digits\nparams:\n  model.name: {type: categorical, choices: [mlp, resnet]}\n")
+    _fails_cleanly(["spaces", "validate", "nets.yaml"], tmp_path,
+                   "field 'params.model.name.choices': unknown backbone 'resnet'")
+    (tmp_path / "ds.yaml").write_text("dataset: imagenet\n")
+    _fails_cleanly(["spaces", "validate", "ds.yaml"], tmp_path, "field 'dataset': unknown dataset 'imagenet'")
     # a search on a dataset that is not there fails before any trial runs or any folder is made
     _fails_cleanly(["run", "--space", str(REPO / "search_spaces" / "mnist.yaml"), "--data-root", str(tmp_path / "none")],
                    tmp_path, "dataset 'mnist' not found")

@@ -12,6 +12,9 @@ __all__ = ["check_datasets", "fetch_dataset", "format_status_table"]
 
 def check_datasets(names: Optional[Sequence[str]] = None, data_root: Optional[str] = None) -> list[DatasetStatus]:
     """Status (present / partial / absent / built-in, where, sample counts) of each dataset."""
+    from ..plugins import load_plugins
+
+    load_plugins()
     roots = data_roots(data_root)
     return [get_dataset(n).status(roots) for n in (names or list(DATASETS))]
 

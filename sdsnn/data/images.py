@@ -106,7 +106,7 @@ class Digits(ImageDataset):
     input_shape = (1, 8, 8)
     needs_files = False
     max_value = 16.0
-    description = "scikit-learn 8x8 digits, built in"
+    description = "scikit-learn"
 
     def expected_files(self) -> str:
         return "nothing (bundled with scikit-learn)"
@@ -114,16 +114,10 @@ class Digits(ImageDataset):
     def is_present(self, root: Path) -> bool:
         return True
 
-    def find(self, roots: Sequence[Path]) -> Optional[Path]:
-        return Path(".")
-
     def counts(self, root: Path) -> dict[str, int]:
         tr = len(self._read_cached("", "train")[1])
         te = len(self._read_cached("", "test")[1])
         return {"total": tr + te, "train": tr, "test": te}
-
-    def status(self, roots: Sequence[Path]) -> DatasetStatus:
-        return DatasetStatus(self.name, "built-in", None, self.counts(Path(".")), note="scikit-learn")
 
     def load(self, root: Path, split: str, cfg: Any, limit: Optional[int] = None, progress: bool = False) -> SplitArrays:
         x, y = self._read_cached("", split)

@@ -79,7 +79,7 @@ class Dataset(abc.ABC):
     num_classes: ClassVar[int] = 0
     input_shape: ClassVar[tuple[int, int, int]] = (1, 1, 1)  # native (C, H, W)
     folder: ClassVar[str] = ""  # relative to a data root
-    needs_files: ClassVar[bool] = True
+    needs_files: ClassVar[bool] = True  # False: built in (generated or bundled), always present
     full_counts: ClassVar[dict[str, int]] = {}  # split sizes of the complete dataset
     description: ClassVar[str] = ""
 
@@ -97,7 +97,10 @@ class Dataset(abc.ABC):
         """Sample counts per split of the copy under ``root``."""
 
     def find(self, roots: Sequence[Path]) -> Optional[Path]:
-        """The first data root holding this dataset, or None."""
+        """The first data root holding this dataset, or None (``.`` for a built-in dataset,
+        ``needs_files = False``, which reads no files)."""
+        if not self.needs_files:
+            return Path(".")
         for r in roots:
             if self.is_present(r):
                 return r
@@ -119,6 +122,8 @@ class Dataset(abc.ABC):
         return root
 
     def status(self, roots: Sequence[Path]) -> DatasetStatus:
+        if not self.needs_files:
+            return DatasetStatus(self.name, "built-in", None, self.counts(Path(".")), note=self.description)
         root = self.find(roots)
         if root is None:
             return DatasetStatus(self.name, "absent", None, note=f"expected {self.expected_files()} in <root>/{self.folder}/")
@@ -167,6 +172,10 @@ def register_dataset(name: str) -> Callable[[D], D]:
 
 def get_dataset(name: str) -> Dataset:
     """The registered dataset ``name``; :class:`ConfigError` listing the known names otherwise."""
+    if name not in DATASETS:
+        from ..plugins import load_plugins
+
+        load_plugins()
     try:
         return DATASETS[name]
     except KeyError:
