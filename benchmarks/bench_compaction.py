@@ -249,6 +249,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "compaction.json"))
     a = ap.parse_args(argv)
     a.pad_to = [int(v) for v in a.pad_to.split(",") if v]
+    if any(m < 1 for m in a.pad_to):
+        ap.error("--pad-to: multiples must be whole numbers >= 1")
     torch.set_num_threads(a.threads)
     if a.chunk_mib is not None:
         SpikingNet.inference_chunk_bytes = int(a.chunk_mib * (1 << 20))

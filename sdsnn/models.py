@@ -667,10 +667,9 @@ def build_model(
     ``spiking_input_first``: the first layer's input is spikes/events (Poisson coding, event data)
     rather than analog values; decides whether energy accounting counts its SOPs or MACs.
     """
-    if cfg.name not in MODELS:
-        from .plugins import load_plugins
+    from .plugins import load_plugins
 
-        load_plugins()
+    load_plugins()  # before any lookup: a plugin may add or replace a backbone
     if cfg.name not in MODELS:
         raise ConfigError(
             f"model.name '{cfg.name}' is not a known backbone; choose one of {sorted(MODELS)}"

@@ -358,10 +358,12 @@ def _init_ray(address: Optional[str]) -> bool:
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                                   logging_level="WARNING")
-    from sdsnn.plugins import ENV as PLUGINS_ENV
+    from sdsnn.plugins import ENV as PLUGINS_ENV, plugins_env_value
 
-    if os.environ.get(PLUGINS_ENV):  # the cluster's workers load the same backbones and datasets
-        kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
+    plugins = plugins_env_value()
+    if plugins:  # the workers load the same backbones and datasets (file paths made absolute)
+        os.environ[PLUGINS_ENV] = plugins
+        kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: plugins}}
     if address:
         _probe_ray_address(address)
         try:

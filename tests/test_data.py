@@ -350,14 +350,17 @@ def test_validation_split_by_group_holds_out_whole_groups():
         tr, va = split_train_val(100, 0.2, seed=seed, groups=groups)
         assert not set(tr) & set(va) and set(tr) | set(va) == set(range(100))
         assert not set(groups[tr]) & set(groups[va])  # no subject on both sides
-        assert len(va) >= 20 and set(groups[tr])  # at least the fraction; training keeps a subject
-        # groups are taken only until the fraction is reached: without the last one it falls short
-        # (so without the largest one too)
-        assert len(va) - max(int((groups[va] == g).sum()) for g in set(groups[va])) < 20
+        assert len(va) >= 10 and set(groups[tr])  # a whole group at least; training keeps a subject
         assert all(np.array_equal(a, b) for a, b in zip((tr, va), split_train_val(100, 0.2, seed=seed, groups=groups)))
     assert len({tuple(split_train_val(100, 0.2, seed=s, groups=groups)[1]) for s in range(20)}) > 3
+    # ten groups of ten: as many groups as come closest to the fraction, a tie to the larger
+    tens = np.repeat(np.arange(10), 10)
+    for frac, held in ((0.1, 10), (0.2, 20), (0.24, 20), (0.25, 30), (0.26, 30), (0.04, 10)):
+        for seed in range(5):
+            tr, va = split_train_val(100, frac, seed=seed, groups=tens)
+            assert len(va) == held and not set(tens[tr]) & set(tens[va]), (frac, seed, len(va))
     # a fraction larger than all but one group still leaves one group for training
-    tr, va = split_train_val(100, 0.9, seed=0, groups=groups)
+    tr, va = split_train_val(100, 0.95, seed=0, groups=groups)
     assert len(set(groups[tr])) == 1 and len(set(groups[va])) == 4
     # one group: nothing to hold out, so samples are split as without groups
     one = np.zeros(100, dtype=int)

@@ -54,9 +54,12 @@ def test_plugin_backbone_and_dataset_train_and_load(tmp_path):
 
 def test_broken_plugins_fail_in_one_line(tmp_path):
     (tmp_path / "bad.py").write_text("raise RuntimeError('half-written plugin')\n")
-    for plugin, expect in (("no_such_module_xyz", "No module named 'no_such_module_xyz'"),
+    (tmp_path / "needs.py").write_text("import no_such_dependency_q\n")
+    for plugin, expect in (("no_such_module_xyz", "No module named 'no_such_module_xyz'; give a module on sys.path"),
                            (str(tmp_path / "bad.py"), "RuntimeError: half-written plugin"),
-                           (str(tmp_path / "missing.py"), "no such file")):
+                           (str(tmp_path / "needs.py"), "needs a package that is not installed"),
+                           (str(tmp_path / "missing.py"), "no such file"),
+                           ("a,b.py", "a comma separates plugins")):
         r = _cli(["--plugin", plugin, "data", "check"], tmp_path)
         assert r.returncode == 2, (plugin, r.stdout, r.stderr)
         err = r.stderr.strip()
@@ -64,6 +67,44 @@ def test_broken_plugins_fail_in_one_line(tmp_path):
     # named in the environment instead: the same
     r = _cli(["data", "check", "digits"], tmp_path, env=_env(SDSNN_PLUGINS="no_such_module_xyz"))
     assert r.returncode == 2 and "SDSNN_PLUGINS" in r.stderr
+
+
+def _dataset_plugin(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / "plug.py"
+    f.write_text(
+        "import numpy as np\n"
+        "from sdsnn.data import register_dataset\n"
+        "from sdsnn.data.images import ImageDataset\n"
+        f"@register_dataset({name!r})\n"
+        "class D(ImageDataset):\n"
+        "    num_classes = 2\n    input_shape = (1, 2, 2)\n    needs_files = False\n"
+        "    def read(self, folder, split):\n"
+        "        return np.zeros((4, 1, 2, 2), np.uint8), np.array([0, 1, 0, 1])\n")
+    return f
+
+
+def test_plugins_named_alike_or_twice_and_replacing_a_builtin(tmp_path):
+    _dataset_plugin(tmp_path / "a", "ds_a")
+    _dataset_plugin(tmp_path / "b", "ds_b")
+    # two files with the same name are two plugins
+    r = _cli(["--plugin", "a/plug.py", "--plugin", "b/plug.py", "data", "check"], tmp_path)
+    assert r.returncode == 0 and "ds_a" in r.stdout and "ds_b" in r.stdout, r.stdout + r.stderr
+    # one file named as a module and by its path is imported once
+    r = _cli(["--plugin", "plug", "--plugin", "a/plug.py", "data", "check", "ds_a"], tmp_path,
+             env=_env(PYTHONPATH=str(tmp_path / "a")))
+    assert r.returncode == 0 and "ds_a" in r.stdout, r.stdout + r.stderr
+    # a plugin that replaces a built-in backbone does so for every lookup, not only the first
+    (tmp_path / "over.py").write_text(
+        "from sdsnn.models import BlockSpec, output_block, register_model\n"
+        "@register_model('mlp')\n"
+        "def mlp7(cfg, shape, n):\n"
+        "    return [BlockSpec('fc1', 'fc', 7, 'lif', 1.0, False, True), output_block(cfg, n)]\n")
+    code = ("from sdsnn import build_model\nfrom sdsnn.config import ModelConfig\n"
+            "print(build_model(ModelConfig(name='mlp', width=32), (1, 8, 8), 10).widths)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(SDSNN_PLUGINS="over.py"),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[7]", p.stdout + p.stderr
 
 
 def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
@@ -81,14 +122,18 @@ def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
     # without the plugin: one line, exit 2, nothing created
     r = _cli(["run", "--space", str(space), "--results-dir", "res"], tmp_path)
     assert r.returncode == 2 and "unknown dataset 'breast_cancer'" in r.stderr and not (tmp_path / "res").exists()
-    r = _cli(["--plugin", str(EXAMPLE), "run", "--space", str(space), "--results-dir", "res", "--name", "bc"],
-             tmp_path, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # named by a path relative to the driver's directory: the workers, elsewhere, still find it
+    (tmp_path / "ex").mkdir()
+    (tmp_path / "ex" / "plugin_example.py").write_text(EXAMPLE.read_text())
+    proc = subprocess.Popen([*CLI, "run", "--space", str(space), "--results-dir", "res", "--name", "bc"],
+                            cwd=tmp_path, env=_env(SDSNN_PLUGINS="ex/plugin_example.py"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
     df = pd.read_csv(tmp_path / "res" / "bc" / "trials.csv")
     assert len(df) == 3 and (df["status"] == "completed").all(), df
-    # every trial (the baseline too) built the plugin's backbone inside a Ray worker process
-    pids = set(df["pid"])
-    assert os.getpid() not in pids
+    # every trial (the baseline too) built the plugin's backbone, in Ray's worker processes
+    assert proc.pid not in set(df["pid"])
     for run_dir in (tmp_path / "res" / "bc" / "trials").iterdir():
         cfg = json.loads((run_dir / "config.json").read_text())
         assert cfg["model"]["name"] == "wide_mlp" and cfg["data"]["dataset"] == "breast_cancer"

@@ -49,8 +49,9 @@ def split_train_val(n: int, val_fraction: float, seed: int,
     Both are returned sorted, so the split does not depend on anything but (n, fraction, seed,
     groups). Without ``groups`` the validation set is ``round(n * val_fraction)`` samples drawn at
     random. With ``groups`` (one id per sample, e.g. the subject of a recording) it is made of
-    whole groups, drawn in a seeded random order until they hold at least that many samples; at
-    least one group stays for training. With a single group there is nothing to hold out, and the
+    whole groups: the first groups of a seeded random order, as many as bring the count closest
+    to that number (at least one; at least one group stays for training). With few groups (a
+    ``train_limit`` that keeps two or three subjects) the fraction is necessarily coarse. With a single group there is nothing to hold out, and the
     samples are split as without groups.
     """
     n_val = int(round(n * val_fraction))
@@ -63,8 +64,11 @@ def split_train_val(n: int, val_fraction: float, seed: int,
         ids, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
         if len(ids) >= 2 and n_val > 0:
             order = torch.randperm(len(ids), generator=g).numpy()
-            taken = np.searchsorted(np.cumsum(sizes[order]), n_val) + 1  # groups until >= n_val
-            held = np.isin(inverse, order[: min(taken, len(ids) - 1)])
+            # held out: the first k groups of that order, k (1 .. all but one) bringing the count
+            # closest to n_val (a tie goes to the larger)
+            diff = np.abs(np.cumsum(sizes[order])[: len(ids) - 1] - n_val)
+            k = int(np.flatnonzero(diff == diff.min())[-1]) + 1
+            held = np.isin(inverse, order[:k])
             return np.flatnonzero(~held), np.flatnonzero(held)
     perm = torch.randperm(n, generator=g).numpy()
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -172,10 +172,9 @@ def register_dataset(name: str) -> Callable[[D], D]:
 
 def get_dataset(name: str) -> Dataset:
     """The registered dataset ``name``; :class:`ConfigError` listing the known names otherwise."""
-    if name not in DATASETS:
-        from ..plugins import load_plugins
+    from ..plugins import load_plugins
 
-        load_plugins()
+    load_plugins()  # before any lookup (each plugin once per process)
     try:
         return DATASETS[name]
     except KeyError:
