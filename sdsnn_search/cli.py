@@ -42,11 +42,7 @@ def main(plugins) -> None:
     if plugins:
         from sdsnn.plugins import add_plugins
 
-        try:
-            add_plugins(list(plugins))
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+        add_plugins(list(plugins))  # a UserError becomes one line and exit 2 (_Group.invoke)
 
 
 # ---------------------------------------------------------------- data (issue 2)
