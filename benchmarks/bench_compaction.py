@@ -16,13 +16,13 @@ for reference the SD-SNN energy figures of :func:`sdsnn.count_operations`.  The 
 the median over repeats of (compact time / dense time) measured back to back.
 
 Target (issue 3): time ratio (compact / dense) within 1.25x of the exec-MAC ratio.
+Writes results/benchmarks/compaction.json and prints one line per case.  Inputs are random
+images: timing and operation counts do not depend on the input values.
 
 ``--pad-to 8,16`` also times, per case, a compaction whose hidden widths are rounded up to a
 multiple of 8 or 16 (dead channels kept, never wider than the original), the block sizes of
 oneDNN's AVX-512 kernels, to see whether aligned widths buy speed; the target is still judged on
 the unpadded compaction, and the padded time ratios are compared with the same (unpadded) MAC ratio.
-Writes results/benchmarks/compaction.json and prints one line per case.  Inputs are random
-images: timing and operation counts do not depend on the input values.
 
     .venv/bin/python benchmarks/bench_compaction.py
 """
@@ -130,11 +130,12 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
             same_pred &= torch.equal(yd.argmax(1), ys.argmax(1))
             max_diff = max(max_diff, float((yd - ys).abs().max()))
 
-    # warm-up, then interleaved repeats so that background load hits both alike
     padded = {m: compact(dense, padded_masks(dense, masks, m)).eval() for m in a.pad_to}
     for p in padded.values():
         with torch.no_grad():
             assert torch.equal(p.predict(batches[0]).argmax(1), dense.predict(batches[0]).argmax(1))
+
+    # warm-up, then interleaved repeats so that background load hits both alike
     time_model(dense, batches[:1])
     time_model(small, batches[:1])
     for p in padded.values():
@@ -180,10 +181,9 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
         "energy_compact_pj": rep_s.energy_pj,
         "sops_masked": rep_d.sops,
         "sops_compact": rep_s.sops,
-        "padded": {str(m): {"widths": p.widths,
-                            "time_ratio": statistics.median(s_ / d_ for s_, d_ in zip(t_pad[m], t_dense)),
-                            "time_over_op_ratio": statistics.median(s_ / d_ for s_, d_ in zip(t_pad[m], t_dense)) / op_ratio}
-                   for m, p in padded.items()},
+        "padded": {str(m): {"widths": p.widths, "time_ratio": r, "time_over_op_ratio": r / op_ratio}
+                   for m, p in padded.items()
+                   for r in [statistics.median(s_ / d_ for s_, d_ in zip(t_pad[m], t_dense))]},
     }
 
 

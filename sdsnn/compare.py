@@ -6,11 +6,10 @@ with the same seed; validation selects, the test set is evaluated once at the en
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-
-import json
 
 from .config import ExperimentConfig, flatten_dict
 from .errors import UserError

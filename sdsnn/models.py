@@ -267,7 +267,7 @@ def _max_pool2x2_channels_last(x: torch.Tensor, ws: Optional[Workspace] = None) 
     h2, w2 = h // 2, w // 2
     a = x[:, :, : 2 * h2, : 2 * w2].permute(0, 2, 3, 1)  # [N, H, W, C], contiguous when even
     a = a.reshape(n, h2, 2, 2 * w2, c)
-    if ws is None:
+    if ws is None:  # no out= here: out= refuses autograd, and eval mode with gradients comes here too
         rows = torch.maximum(a[:, :, 0], a[:, :, 1]).view(n, h2, w2, 2, c)
         return torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).permute(0, 3, 1, 2)
     rows = _reuse(ws, "pool_rows", x, lambda: x.new_empty((n, h2, 2 * w2, c)))

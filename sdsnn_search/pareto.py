@@ -241,9 +241,6 @@ def local_tracking_uri(uri: Optional[str], study_dir: Path) -> Optional[str]:
     return uri
 
 
-
-
-
 def _bool_column(col: pd.Series) -> pd.Series:
     if col.dtype == bool:
         return col

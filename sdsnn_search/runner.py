@@ -362,7 +362,6 @@ def _init_ray(address: Optional[str]) -> bool:
 
     plugins = plugins_env_value()
     if plugins:  # the workers load the same backbones and datasets (file paths made absolute)
-        os.environ[PLUGINS_ENV] = plugins
         kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: plugins}}
     if address:
         _probe_ray_address(address)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DatasetUnavailable
 from .download import download_file, missing_dirs, remove_created, short_reason
-from .registry import Dataset, DatasetStatus, SplitArrays, register_dataset
+from .registry import Dataset, SplitArrays, register_dataset
 from .roots import atomic_path, writable_root
 
 __all__ = ["ImageDataset", "Digits", "MNIST", "CIFAR10", "read_idx"]
@@ -110,9 +110,6 @@ class Digits(ImageDataset):
 
     def expected_files(self) -> str:
         return "nothing (bundled with scikit-learn)"
-
-    def is_present(self, root: Path) -> bool:
-        return True
 
     def counts(self, root: Path) -> dict[str, int]:
         tr = len(self._read_cached("", "train")[1])

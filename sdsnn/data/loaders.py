@@ -51,8 +51,8 @@ def split_train_val(n: int, val_fraction: float, seed: int,
     random. With ``groups`` (one id per sample, e.g. the subject of a recording) it is made of
     whole groups: the first groups of a seeded random order, as many as bring the count closest
     to that number (at least one; at least one group stays for training). With few groups (a
-    ``train_limit`` that keeps two or three subjects) the fraction is necessarily coarse. With a single group there is nothing to hold out, and the
-    samples are split as without groups.
+    ``train_limit`` that keeps two or three subjects) the fraction is necessarily coarse. With a
+    single group there is nothing to hold out, and the samples are split as without groups.
     """
     n_val = int(round(n * val_fraction))
     n_val = min(max(n_val, 1), n - 1) if n >= 2 else 0
