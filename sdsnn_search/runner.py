@@ -40,6 +40,7 @@ for _k, _v in (
 import pandas as pd  # noqa: E402
 
 from sdsnn.errors import ConfigError, UserError  # noqa: E402
+from sdsnn.plugins import ENV as PLUGINS_ENV, add_plugins, plugins_env_value  # noqa: E402
 
 from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
 from .stop import STOP, cut_short, ended_status  # noqa: E402
@@ -358,10 +359,8 @@ def _init_ray(address: Optional[str]) -> bool:
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                                   logging_level="WARNING")
-    from sdsnn.plugins import ENV as PLUGINS_ENV, plugins_env_value
-
     plugins = plugins_env_value()
-    if plugins:  # the workers load the same backbones and datasets (file paths made absolute)
+    if plugins:  # for a custom trainable (the default one loads them from its bound argument)
         kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: plugins}}
     if address:
         _probe_ray_address(address)
@@ -571,6 +570,7 @@ def run_study(
             "trainable": _trainable_ref(trainable),
             "address": address,
             "num_samples": spec.search.num_samples,
+            "plugins": plugins_env_value(),  # loaded again on resume
         }
         (study_dir / SPEC_FILE).write_text(spec.to_yaml())
         _write_json(study_dir / STUDY_FILE, info)
@@ -623,6 +623,7 @@ def resume_study(
     """Continue an interrupted study: finished trials are kept, unfinished ones continue."""
     study_dir = Path(study_dir)
     info = read_study(study_dir)
+    _load_study_plugins(study_dir, info.get("plugins"))
     spec = load_space(study_dir / SPEC_FILE)
     from ray.tune import Tuner
 
@@ -647,6 +648,19 @@ def resume_study(
     finally:
         if started:
             _shutdown_ray()
+
+
+def _load_study_plugins(study_dir: Path, plugins: Any) -> None:
+    """The plugins a study was started with (``--plugin`` or ``SDSNN_PLUGINS``, as recorded in its
+    study.json), added to this process's: resuming needs no ``--plugin`` again."""
+    if not plugins or not isinstance(plugins, str):
+        return
+    entries = plugins.split(",")
+    for e in entries:
+        if e.endswith(".py") and not Path(e).is_file():
+            raise UserError(f"{study_dir}: the study was started with the plugin file {e}, which is gone; "
+                            f"put it back there (its backbones and datasets are needed to resume)")
+    add_plugins(entries)
 
 
 def _shutdown_ray() -> None:
@@ -711,8 +725,10 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     from .tracking import MlflowTracker, end_study_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fn = tune.with_parameters(trainable or run_trial, base=spec.base_config(), study_dir=str(study_dir),
-                              data_root=info.get("data_root"))
+    bound: dict[str, Any] = dict(base=spec.base_config(), study_dir=str(study_dir), data_root=info.get("data_root"))
+    if trainable is None:
+        bound["plugins"] = plugins_env_value()
+    fn = tune.with_parameters(trainable or run_trial, **bound)
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     ray_path = str(study_dir / RAY_DIR)
     tracker = MlflowTracker(info["tracking_uri"], info["experiment_id"], info["parent_run_id"],

@@ -137,3 +137,38 @@ def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
     for run_dir in (tmp_path / "res" / "bc" / "trials").iterdir():
         cfg = json.loads((run_dir / "config.json").read_text())
         assert cfg["model"]["name"] == "wide_mlp" and cfg["data"]["dataset"] == "breast_cancer"
+    # the study remembers its plugins: resuming needs no --plugin (it used to fail: unknown dataset)
+    r = _cli(["resume", str(tmp_path / "res" / "bc")], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "res" / "bc" / "trials.csv")) == 3
+    # ... unless its plugin file is gone: one line, exit 2
+    (tmp_path / "ex" / "plugin_example.py").unlink()
+    r = _cli(["resume", str(tmp_path / "res" / "bc")], tmp_path)
+    assert r.returncode == 2 and "plugin_example.py, which is gone" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_plugins_reach_workers_of_a_ray_the_caller_started(tmp_path):
+    """Python API: Ray initialised by the caller before the plugin is named, so its workers never
+    see SDSNN_PLUGINS in their environment; the trials load it from their bound arguments."""
+    (tmp_path / "plugin_example.py").write_text(EXAMPLE.read_text())
+    code = f"""
+import os, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+from sdsnn.plugins import add_plugins
+add_plugins(["plugin_example.py"])
+from sdsnn_search.runner import run_study
+from sdsnn_search.space import parse_space
+spec = parse_space({{
+    "name": "bc", "dataset": "breast_cancer",
+    "experiment": {{"data": {{"time_steps": 2, "batch_size": 32}},
+                    "model": {{"name": "wide_mlp", "depth": 1, "width": 8, "readout": "potential"}},
+                    "plasticity": {{"develop_every": 4, "spine_window": 1}}}},
+    "params": {{"train.lr": {{"type": "loguniform", "low": 3.0e-3, "high": 3.0e-2}}}},
+    "search": {{"sampler": "random", "num_samples": 1, "max_concurrent": 2, "seed": 0, "epochs": 1}}}}, "<test>")
+out = run_study(spec, results_dir="res", name="bc", progress=False)
+print(sorted(out.table["status"]))
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == "['completed', 'completed']", p.stdout
