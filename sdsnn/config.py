@@ -180,7 +180,9 @@ class ExperimentConfig(_Strict):
     def _apply_preset(cls, values: Any) -> Any:
         # The preset fills plasticity fields; fields given explicitly still win.
         if isinstance(values, dict) and values.get("preset") == "reference":
-            given = dict(values.get("plasticity") or {})
+            given = values.get("plasticity") or {}
+            # a PlasticityConfig object: only the fields it was given win (not its defaults)
+            given = given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else dict(given)
             values = dict(values)
             values["plasticity"] = {**REFERENCE_PLASTICITY, **given}
         return values

@@ -265,13 +265,17 @@ def train(
     history: list[dict[str, float]] = []
     ckpt_path = run_path / CHECKPOINT_NAME if run_path is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # read onto the CPU: load_state_dict moves each tensor to its parameter's device, and the
+        # random-number states must stay CPU byte tensors (set_rng_state refuses a CUDA one)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if dev is not None and state.get("development") is not None:
             dev.load_state_dict(state["development"])
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:  # dropout draws on the GPU
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
         history = list(state["history"])
         if state.get("status") == "nan":
@@ -360,6 +364,7 @@ def train(
                     "development": dev.state_dict() if dev is not None else None,
                     "history": history,
                     "rng": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 },
                 ckpt_path,
             )

@@ -800,3 +800,15 @@ def test_reference_preset_has_the_published_constants():
     assert (ref.trophic_a_conv, ref.trophic_tau_conv, ref.trophic_floor_conv) == (1.0, 5, 0)
     assert (ref.trophic_a_fc, ref.trophic_tau_fc, ref.trophic_floor_fc) == (0.5, 1, 0.0005)
     assert ref.min_live_fraction == 0.01 and ref.min_range == 0 and ref.prune_output_layer is False
+
+
+def test_reference_preset_fills_what_the_given_plasticity_leaves_unset():
+    """Fields given explicitly win over the preset, as a dict or as a PlasticityConfig object (an
+    object's defaults used to override the whole preset: spine_window 3 instead of 18)."""
+    from sdsnn.config import ExperimentConfig
+
+    for given in ({"constrain": "always"}, PlasticityConfig(constrain="always")):
+        cfg = ExperimentConfig(preset="reference", plasticity=given)
+        assert cfg.plasticity.constrain == "always"
+        assert (cfg.plasticity.spine_window, cfg.plasticity.develop_every, cfg.plasticity.regrow_p0_conv) == (18, "epoch", 65)
+    assert ExperimentConfig(preset="reference", plasticity=PlasticityConfig(spine_window=5)).plasticity.spine_window == 5

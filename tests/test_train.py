@@ -56,6 +56,23 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert [json.loads(l)["epoch"] for l in lines] == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device machine)")
+def test_resume_on_cuda(tmp_path):
+    """A run cut short on the GPU resumes there (the checkpoint's random-number state used to be
+    loaded onto the GPU, which set_rng_state refuses) and ends with the epochs it was asked for."""
+    cfg = tiny_cfg(**{"train.device": "cuda"})
+
+    def crash_after_one(metrics, run_dir):
+        if metrics["epoch"] == 1:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        train(cfg, tmp_path, on_epoch=crash_after_one, progress=False)
+    resumed = train(cfg, tmp_path, resume=True, progress=False)
+    assert resumed.status == "completed" and [h["epoch"] for h in resumed.history] == [1.0, 2.0, 3.0]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["rng_cuda"] is not None
+
+
 def test_development_prunes_and_masked_weights_stay_zero(tmp_path):
     # a development step after every optimizer step: several steps per epoch
     cfg = tiny_cfg(**{"train.epochs": 4, "plasticity.develop_every": 1})
