@@ -173,11 +173,13 @@ def run_cmd(space_file, num_samples, max_concurrent, epochs, results_dir, name, 
 @main.command("resume")
 @click.argument("study_dir", type=click.Path(file_okay=False))
 @click.option("--address", default=None, help="Join an existing Ray cluster.")
-def resume_cmd(study_dir, address) -> None:
+@click.option("--retry-failed", is_flag=True,
+              help="Run failed trials again too, from their last epoch (NaN-diverged ones stay as they are).")
+def resume_cmd(study_dir, address, retry_failed) -> None:
     """Continue an interrupted study: finished trials are kept, unfinished ones continue."""
     from sdsnn_search.runner import resume_study
 
-    out = resume_study(study_dir, address=address)
+    out = resume_study(study_dir, address=address, retry_failed=retry_failed)
     if out.interrupted:
         sys.exit(130)
 

@@ -175,6 +175,49 @@ def _optuna_search_class():
     return StudySearch
 
 
+def _retry_recorder_class():
+    from ray.tune import Callback
+
+    class RetryRecorder(Callback):
+        """Tells Optuna the result of a failed trial that ``resume --retry-failed`` ran again.
+
+        The searcher never hears of it (Ray's concurrency limiter and OptunaSearch drop a second
+        completion of a trial), and Optuna cannot tell a finished (FAIL) trial twice; so a success
+        joins the study as a new trial with the same parameters, which the sampler learns from.
+        """
+
+        def __init__(self, study_dir: str, study_name: str, spec: SearchSpec) -> None:
+            self.study_dir, self.study_name = study_dir, study_name
+            self.metrics = spec.metric_names()
+            self.attr_metrics = tuple(dict.fromkeys([*KNOWN_METRICS, *(c.metric for c in spec.constraints)]))
+            self.constraints = Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None
+            self.total_epochs = spec.epochs
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            result = trial.last_result or {}
+            if trial.config.get(BASELINE_KEY) or ended_status(result, self.total_epochs) != "completed":
+                return
+            values = [result.get(m) for m in self.metrics]
+            if any(not isinstance(v, (int, float)) or not math.isfinite(float(v)) for v in values):
+                return
+            import optuna
+
+            study = optuna.load_study(study_name=self.study_name,
+                                      storage=f"sqlite:///{Path(self.study_dir) / 'optuna.db'}")
+            told = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("ray_trial_id") == trial.trial_id]
+            if not told or not all(t.state == optuna.trial.TrialState.FAIL for t in told):
+                return  # first completion (the searcher tells it), or recorded already
+            failed = told[0]
+            attrs = {k: float(result[k]) for k in self.attr_metrics
+                     if isinstance(result.get(k), (int, float)) and math.isfinite(float(result[k]))}
+            study.add_trial(optuna.trial.create_trial(
+                params=failed.params, distributions=failed.distributions, values=[float(v) for v in values],
+                user_attrs={**failed.user_attrs, **attrs, "retry_of_number": failed.number},
+                constraints=self.constraints.values(result) if self.constraints else None))
+
+    return RetryRecorder
+
+
 # ------------------------------------------------------------------ trials table
 def _atomic_df(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -619,8 +662,13 @@ def resume_study(
     address: Optional[str] = None,
     trainable: Optional[Callable] = None,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> StudyOutcome:
-    """Continue an interrupted study: finished trials are kept, unfinished ones continue."""
+    """Continue an interrupted study: finished trials are kept, unfinished ones continue.
+
+    ``retry_failed``: trials that failed (raised) run again too, from their last epoch
+    checkpoint; a trial whose loss became NaN stays as it was (it would diverge again).
+    """
     study_dir = Path(study_dir)
     info = read_study(study_dir)
     _load_study_plugins(study_dir, info.get("plugins"))
@@ -644,7 +692,8 @@ def resume_study(
         study_dir = study_dir.resolve()
         if info.get("parent_run_id"):
             reopen_study_run(info["tracking_uri"], info["parent_run_id"])
-        return _execute(spec, study_dir, info, trainable=trainable, restore=True, progress=progress)
+        return _execute(spec, study_dir, info, trainable=trainable, restore=True, progress=progress,
+                        retry_failed=retry_failed)
     finally:
         if started:
             _shutdown_ray()
@@ -717,7 +766,7 @@ def _close_dangling_optuna_trials(study_dir: Path, study_name: str) -> None:
 
 
 def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainable: Optional[Callable],
-             restore: bool, progress: bool) -> StudyOutcome:
+             restore: bool, progress: bool, retry_failed: bool = False) -> StudyOutcome:
     import optuna
     from ray import tune
 
@@ -739,9 +788,11 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     _quiet_tune()  # before Tuner.restore, which reads the trials' results (and warns of the unstarted)
     if restore:
         # callbacks come back from the pickled Tuner; fresh ones are passed through the run config
-        tuner = tune.Tuner.restore(ray_path, trainable=fn, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(ray_path, trainable=fn, resume_unfinished=True, resume_errored=retry_failed)
         rc = tuner._local_tuner.get_run_config()
         rc.callbacks = [tracker, table, view]
+        if retry_failed:
+            rc.callbacks.append(_retry_recorder_class()(str(study_dir), info["name"], spec))
     else:
         storage = optuna.storages.RDBStorage(
             f"sqlite:///{study_dir / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 60}}

@@ -240,6 +240,8 @@ class MlflowTracker(Callback):
         rid = self._runs.get(trial.trial_id) or self.child_run(trial)
         status = ended_status(trial.last_result, self.total_epochs)
         self.client.set_tag(rid, "status", status)
+        if status == "completed" and "error" in self.client.get_run(rid).data.tags:
+            self.client.delete_tag(rid, "error")  # a failed trial that a retry completed
         self.client.set_terminated(rid, status={"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -126,6 +126,43 @@ def test_failing_trials_do_not_stop_the_study_and_mlflow_structure(ray_session, 
     assert c.get_run(ok["mlflow_run_id"]).data.params["train.lr"] == str(ok["config/train.lr"])
 
 
+def test_resume_retry_failed_runs_failed_trials_again(ray_session, tmp_path):
+    """A plain resume keeps a failed trial failed; --retry-failed runs it again, and its result
+    reaches the table, Optuna (as a new trial with the same parameters: Optuna cannot tell a
+    finished trial twice) and MLflow."""
+    (tmp_path / "res").mkdir()
+    study_dir = tmp_path / "res" / "retry"
+    (tmp_path / "res" / "retry.fail_once").write_text("")  # one trial raises, once
+    spec = _fake_spec(num_samples=3, epochs=2)
+    run_study(spec, results_dir=tmp_path / "res", name="retry", trainable=search_fakes.fake_trial, progress=False)
+    failed = pd.read_parquet(study_dir / "trials.parquet").query("status == 'failed'")["trial_id"].tolist()
+    assert len(failed) == 1
+    fid = failed[0]
+
+    out = resume_study(study_dir, progress=False)
+    assert out.table.set_index("trial_id").loc[fid, "status"] == "failed"
+    assert _optuna_states(study_dir, "retry") == {"COMPLETE": 2, "FAIL": 1}
+
+    out = resume_study(study_dir, progress=False, retry_failed=True)
+    df = out.table
+    assert len(df) == 4 and (df["status"] == "completed").all(), df[["trial_id", "status"]]
+    runs = (study_dir / "executions.log").read_text().split()
+    assert runs.count(fid) == 2  # the retried trial ran both its epochs
+    study = optuna.load_study(study_name="retry", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    states = [t.state.name for t in study.get_trials()]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
+    new = [t for t in study.get_trials() if "retry_of_number" in t.user_attrs]
+    assert len(new) == 1 and new[0].state.name == "COMPLETE" and new[0].user_attrs["ray_trial_id"] == fid
+    old = study.trials[new[0].user_attrs["retry_of_number"]]
+    assert old.state.name == "FAIL" and old.params == new[0].params
+    row = df.set_index("trial_id").loc[fid]
+    assert new[0].values == [row["val_acc"], row["energy_pj"]] and "val_acc>=0.3" in new[0].constraints
+    c, info, children = _children(study_dir)
+    child = {r.data.tags["trial_id"]: r for r in children}[fid]
+    assert child.info.status == "FINISHED" and child.data.tags["status"] == "completed"
+    assert "error" not in child.data.tags
+
+
 def test_end_to_end_digits_real_training(ray_session, tmp_path):
     out = run_study(ROOT / "search_spaces" / "digits.yaml", results_dir=tmp_path, name="e2e", num_samples=2,
                     epochs=1, progress=False)
