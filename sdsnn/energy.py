@@ -145,14 +145,18 @@ class _Counter:
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         x = inputs[0].detach()
         if self.li.spiking_input:
+            # Counts are integers: float32 holds them exactly on the CPU (each output element sums
+            # at most in x k x k x out, far below 2**24); on a GPU, cuDNN and cuBLAS may compute
+            # float32 in TF32 (10-bit mantissa: counts above 2048 rounded), so count in float64 there.
+            dt = torch.float64 if x.device.type == "cuda" else torch.float32
             if self.li.kind == "conv":
                 m = module  # type: ignore[assignment]
                 if getattr(m, "groups", 1) != 1:
                     raise NotImplementedError("energy counting of grouped convolutions")
-                c = F.conv2d(x.to(torch.float32), self.fan.to(x.device), None, m.stride, m.padding, m.dilation)
+                c = F.conv2d(x.to(dt), self.fan.to(x.device, dt), None, m.stride, m.padding, m.dilation)
                 c = c.sum(dim=(0, 2, 3), dtype=torch.float64)
             else:
-                c = x.reshape(-1, x.shape[-1]).to(torch.float32) @ self.fan.to(x.device).t()
+                c = x.reshape(-1, x.shape[-1]).to(dt) @ self.fan.to(x.device, dt).t()
                 c = c.sum(0, dtype=torch.float64)
             self.sops += float(c[0]) * self.rows_per_step
             self.dense_sops += float(c[1]) * self.rows_per_step
