@@ -51,6 +51,12 @@ class DataConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # carved from the training set with the seed
     augment: bool = False  # CIFAR-10: random crop (padding 4) + horizontal flip
+    # RandAugment (torchvision's op set and magnitudes, sdsnn/data/augment.py): N ops per image,
+    # 0 = off; independent of `augment` (with both, crop + flip come first). Like `augment`, it
+    # applies to training batches of natural-image datasets only (CIFAR-10) and is ignored for
+    # the others (digits, MNIST, event data).
+    randaugment_ops: int = Field(0, ge=0, le=14)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)  # M on torchvision's 31-bin scale (0..30)
     resolution: Optional[int] = Field(None, ge=4)  # event data: spatial downsampling target (DVS 128 -> 64/48/32)
     denoise_us: Optional[float] = Field(None, gt=0)  # event data: tonic Denoise filter_time in microseconds
     train_limit: Optional[int] = Field(None, ge=1)  # use only the first N training samples (quick runs)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from .augment import rand_augment, random_crop_flip
 from .registry import Dataset, SplitArrays, get_dataset
 from .roots import data_roots
 
@@ -79,7 +80,9 @@ class BatchLoader:
 
     ``x`` holds uint8 images ``[N, C, H, W]`` (``events=False``) or uint8 event frames stored
     time-major, ``[T, N, C, H, W]`` (``events=True``), so a batch is one gather along dim 1. Images are scaled by ``1/max_value``, optionally
-    augmented (random crop with zero padding 4 and horizontal flip, per sample), then either
+    augmented (``augment``: random crop with zero padding 4 and horizontal flip, per sample; then
+    ``randaugment_ops > 0``: RandAugment with that many ops at ``randaugment_magnitude``, see
+    :mod:`sdsnn.data.augment`), then either
     repeated over T (``direct``, normalised by mean/std when given; returned as an expanded view,
     no copy) or turned into Bernoulli spikes with probability equal to the intensity (``poisson``).
 
@@ -105,6 +108,8 @@ class BatchLoader:
         mean: Optional[tuple[float, ...]] = None,
         std: Optional[tuple[float, ...]] = None,
         augment: bool = False,
+        randaugment_ops: int = 0,
+        randaugment_magnitude: int = 9,
         num_workers: int = 0,
     ) -> None:
         if x.dtype != torch.uint8:
@@ -125,6 +130,8 @@ class BatchLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) if mean else None
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
         self.augment = augment
+        self.randaugment_ops = int(randaugment_ops)
+        self.randaugment_magnitude = int(randaugment_magnitude)
         self.epoch = 0
         # Training with BatchNorm fails on a final batch of one sample: drop it (a different
         # sample each epoch, since the order is shuffled).
@@ -186,27 +193,14 @@ class BatchLoader:
         x = xb.to(torch.float32).mul_(self.scale)
         if self.augment:
             x = random_crop_flip(x, g, pad=4)
+        if self.randaugment_ops:  # on [0, 1] images, before normalisation or spikes
+            x = rand_augment(x, g, self.randaugment_ops, self.randaugment_magnitude)
         T = self.time_steps
         if self.encoding == "poisson":
             return (torch.rand((T, *x.shape), generator=g) < x.unsqueeze(0)).to(torch.float32)
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x.unsqueeze(0).expand(T, *x.shape)
-
-
-def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Per-sample random crop of a zero-padded batch ``[B, C, H, W]`` and random horizontal flip."""
-    B, C, H, W = x.shape
-    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (B,), generator=g)
-    ox = torch.randint(0, 2 * pad + 1, (B,), generator=g)
-    flip = torch.rand(B, generator=g) < 0.5
-    rows = (oy[:, None] + torch.arange(H)[None, :])  # [B, H]
-    cols = ox[:, None] + torch.arange(W)[None, :]  # [B, W]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    b = torch.arange(B)[:, None, None]
-    out = xp.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
-    return out.permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass
@@ -268,8 +262,12 @@ def build_loaders(cfg: DataConfig, seed: int, *, download: bool = False, progres
     xt, yt = tensors(tr, idx_tr)
     xv, yv = tensors(tr, idx_val)
     xs, ys = tensors(te)
-    augment = bool(cfg.augment and getattr(ds, "augmentable", False))
-    train = BatchLoader(xt, yt, batch_size=cfg.batch_size, stream="train", shuffle=True, augment=augment, **common)
+    # augmentation applies to natural images only (ignored for digits, MNIST, events), train only
+    augmentable = bool(getattr(ds, "augmentable", False))
+    augment = dict(augment=bool(cfg.augment and augmentable),
+                   randaugment_ops=cfg.randaugment_ops if augmentable else 0,
+                   randaugment_magnitude=cfg.randaugment_magnitude)
+    train = BatchLoader(xt, yt, batch_size=cfg.batch_size, stream="train", shuffle=True, **augment, **common)
     val = BatchLoader(xv, yv, batch_size=cfg.eval_batch_size, stream="val", shuffle=False, **common)
     test = BatchLoader(xs, ys, batch_size=cfg.eval_batch_size, stream="test", shuffle=False, **common)
     return DataBundle(
