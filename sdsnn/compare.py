@@ -92,7 +92,11 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return
-    old = flatten_dict(json.loads(path.read_text()))
+    raw = json.loads(path.read_text())
+    try:  # a setting added since the run was saved counts with its default (what the run used)
+        old = flatten_dict(ExperimentConfig.model_validate(raw).to_dict())
+    except (ValueError, TypeError):  # a setting removed since: compare as saved
+        old = flatten_dict(raw)
     new = flatten_dict(cfg.to_dict())
     diff = [k for k in sorted(set(old) | set(new)) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)]
     metrics = Path(run_dir) / "metrics.jsonl"

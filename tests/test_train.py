@@ -264,3 +264,18 @@ def test_train_table_explains_a_run_too_short_to_prune(tmp_path):
     assert "starts at development step 2N+1 = 7" in note and "made 2" in note
     pruned = train_against_dense(tiny_cfg(), tmp_path / "long", baseline=False, progress=False)
     assert pruned.run.metrics["neuron_prune_rate"] > 0 and pruned.notes() == []
+
+
+def test_resume_check_counts_settings_added_since_with_their_defaults(tmp_path):
+    """A run saved before a setting existed resumes (the setting's default is what it used); a
+    setting that differs is still refused, in one line."""
+    from sdsnn.compare import check_resumable
+    from sdsnn.errors import UserError
+
+    cfg = tiny_cfg()
+    saved = cfg.to_dict()
+    del saved["data"]["randaugment_ops"], saved["data"]["randaugment_magnitude"]  # an older config.json
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resumable(tmp_path, cfg)
+    with pytest.raises(UserError, match="data.randaugment_ops 0 -> 2"):
+        check_resumable(tmp_path, tiny_cfg(**{"data.randaugment_ops": 2}))
