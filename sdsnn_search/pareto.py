@@ -28,7 +28,6 @@ Conventions
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ import numpy as np
 import pandas as pd
 
 from sdsnn.errors import UserError
+
+from .studyfile import STUDY_FILE, read_study
 
 __all__ = [
     "Objective",
@@ -230,17 +231,6 @@ def feasible_mask(trials: pd.DataFrame, constraints: Sequence[Constraint]) -> np
 
 
 # ----------------------------------------------------------------------------- loading
-def local_tracking_uri(uri: Optional[str], study_dir: Path) -> Optional[str]:
-    """The study's own sqlite store where it is now: a study folder that was moved or copied
-    (e.g. from a cluster to a laptop) still names the old absolute path in study.json."""
-    if not uri or not uri.startswith("sqlite:///"):
-        return uri
-    here = Path(study_dir).resolve() / "mlflow.db"
-    if not Path(uri[len("sqlite:///"):]).exists() and here.is_file():
-        return f"sqlite:///{here}"
-    return uri
-
-
 def _bool_column(col: pd.Series) -> pd.Series:
     if col.dtype == bool:
         return col
@@ -250,19 +240,11 @@ def _bool_column(col: pd.Series) -> pd.Series:
 def load_study(path: str | Path) -> Study:
     """Read ``study.json`` and the trials table (parquet, else CSV) of a study folder."""
     p = Path(path)
-    meta_file = p / "study.json"
-    if not meta_file.is_file():
-        raise UserError(f"not a study folder: {p} has no study.json; pass a folder written by "
-                        f"'sdsnn-search run' (results/<study>/)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{meta_file} is not valid JSON ({e.msg} at line {e.lineno}); "
-                        f"restore it or re-run the study") from None
+    meta_file = p / STUDY_FILE
+    meta = read_study(p)
     for key in ("objectives", "reference_point"):
         if not meta.get(key):
             raise UserError(f"{meta_file} has no '{key}'; re-run the study with a current 'sdsnn-search run'")
-    meta["tracking_uri"] = local_tracking_uri(meta.get("tracking_uri"), p)
     if len(meta["reference_point"]) != len(meta["objectives"]):
         raise UserError(f"{meta_file}: reference_point has {len(meta['reference_point'])} values for "
                         f"{len(meta['objectives'])} objectives; give one per objective in the space file")

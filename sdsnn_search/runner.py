@@ -13,13 +13,11 @@ interrupted ones continue from their last epoch checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import signal
 import socket
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,11 +42,11 @@ from sdsnn.plugins import ENV as PLUGINS_ENV, add_plugins, plugins_env_value  # 
 
 from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
 from .stop import STOP, cut_short, ended_status  # noqa: E402
+from .studyfile import STUDY_FILE, read_study, write_study  # noqa: E402
 from .trainable import BASELINE_KEY, NON_METRIC_KEYS, run_trial  # noqa: E402
 
 __all__ = ["run_study", "resume_study", "StudyOutcome", "check_resources", "read_study", "STUDY_FILE"]
 
-STUDY_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
 RAY_DIR = "ray"
 
@@ -503,28 +501,6 @@ class StudyOutcome:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def read_study(study_dir: str | Path) -> dict[str, Any]:
-    p = Path(study_dir) / STUDY_FILE
-    if not p.is_file():
-        raise UserError(f"{study_dir}: not a study folder (no {STUDY_FILE}); give a folder made by 'sdsnn-search run'")
-    try:
-        info = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p} is not valid JSON ({getattr(e, 'msg', e)}); restore it or re-run the study") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{p} is not a study description (a JSON object); restore it or re-run the study")
-    from .pareto import local_tracking_uri
-
-    info["tracking_uri"] = local_tracking_uri(info.get("tracking_uri"), Path(study_dir))
-    return info
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _default_name(spec: SearchSpec) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{spec.name or spec.dataset}-{stamp}"
@@ -616,7 +592,7 @@ def run_study(
             "plugins": plugins_env_value(),  # loaded again on resume
         }
         (study_dir / SPEC_FILE).write_text(spec.to_yaml())
-        _write_json(study_dir / STUDY_FILE, info)
+        write_study(study_dir, info)
         from .tracking import start_study_run
 
         exp_id, parent = start_study_run(
@@ -625,7 +601,7 @@ def run_study(
             artifact_location=(study_dir / "mlartifacts").as_uri() if tracking_uri is None else None,
         )
         info.update(parent_run_id=parent, experiment_id=exp_id)
-        _write_json(study_dir / STUDY_FILE, info)
+        write_study(study_dir, info)
         return _execute(spec, study_dir, info, trainable=trainable, restore=False, progress=progress)
     finally:
         if started:
@@ -877,7 +853,7 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
         info["baseline_trial_id"] = str(base.iloc[0]["trial_id"])
     info["finished"] = not interrupted
     info["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_json(study_dir / STUDY_FILE, info)
+    write_study(study_dir, info)
     summary = {f"n_{k}": v for k, v in counts.items()}
     try:
         end_study_run(info["tracking_uri"], info["parent_run_id"], "KILLED" if interrupted else "FINISHED",

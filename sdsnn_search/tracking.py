@@ -291,13 +291,12 @@ def serve_ui(study_dir: str | Path, *, port: int = 5000, echo=print, wait: bool 
 
     With ``wait=False`` the server process is returned (the caller stops it).
     """
-    import json
     import socket
     import sys
 
     from sdsnn.errors import UserError
 
-    from .runner import read_study
+    from .studyfile import read_study
 
     info = read_study(study_dir)  # one-line errors for a missing or broken study.json
     uri = info.get("tracking_uri") or default_tracking_uri(Path(study_dir))
