@@ -13,6 +13,7 @@ interrupted ones continue from their last epoch checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 for _k, _v in (
     ("RAY_USAGE_STATS_ENABLED", "0"),
@@ -38,12 +39,12 @@ for _k, _v in (
 import pandas as pd  # noqa: E402
 
 from sdsnn.errors import ConfigError, UserError  # noqa: E402
-from sdsnn.plugins import ENV as PLUGINS_ENV, add_plugins, plugins_env_value  # noqa: E402
+from sdsnn.plugins import ENV as PLUGINS_ENV, add_plugins, load_plugins, plugin_entries, plugins_env_value  # noqa: E402
 
 from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
 from .stop import STOP, cut_short, ended_status  # noqa: E402
 from .studyfile import STUDY_FILE, read_study, write_study  # noqa: E402
-from .trainable import BASELINE_KEY, NON_METRIC_KEYS, run_trial  # noqa: E402
+from .trainable import BASELINE_KEY, NON_METRIC_KEYS, TrialDiverged, run_trial  # noqa: E402
 
 __all__ = ["run_study", "resume_study", "StudyOutcome", "check_resources", "read_study", "STUDY_FILE"]
 
@@ -75,6 +76,21 @@ class Constraints:
             else:
                 out[key] = float(v) - float(c["value"])
         return out
+
+
+def _attr_metrics(spec: SearchSpec) -> tuple[str, ...]:
+    """The final metrics each Optuna trial records as user attributes."""
+    return tuple(dict.fromkeys([*KNOWN_METRICS, *(c.metric for c in spec.constraints)]))
+
+
+def _constraints(spec: SearchSpec) -> Optional[Constraints]:
+    return Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None
+
+
+def _finite(result: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
+    """The entries of ``result`` named in ``keys`` that are finite numbers, as floats."""
+    return {k: float(result[k]) for k in keys
+            if isinstance(result.get(k), (int, float)) and math.isfinite(float(result[k]))}
 
 
 def make_sampler(spec: SearchSpec):
@@ -151,21 +167,18 @@ def _optuna_search_class():
                 return  # stopped by Ctrl-C: Optuna hears of it when the resumed trial finishes
             if result:
                 ot_trial = self._ot_trials[trial_id]
-                for k in self._attr_metrics:
-                    v = result.get(k)
-                    if isinstance(v, (int, float)) and math.isfinite(float(v)):
-                        try:
-                            ot_trial.set_user_attr(k, float(v))
-                        except Exception:  # already finished (re-sent after a resume)
-                            break
+                for k, v in _finite(result, self._attr_metrics).items():
+                    try:
+                        ot_trial.set_user_attr(k, v)
+                    except Exception:  # already finished (re-sent after a resume)
+                        break
                 if self._constraints is not None:
                     for key, v in self._constraints.values(result).items():
                         try:
                             ot_trial.set_constraint(key, v)
                         except Exception:  # already finished (re-sent after a resume)
                             break
-                values = [result.get(m) for m in self.metric]
-                bad = any(v is None or not math.isfinite(float(v)) for v in values)
+                bad = len(_finite(result, self.metric)) < len(self.metric)
                 if bad or result.get("trial_status") == "nan":
                     result, error = None, True
             super().on_trial_complete(trial_id, result=result, error=error)
@@ -173,47 +186,58 @@ def _optuna_search_class():
     return StudySearch
 
 
-def _retry_recorder_class():
+def _late_result_recorder_class():
     from ray.tune import Callback
 
-    class RetryRecorder(Callback):
-        """Tells Optuna the result of a failed trial that ``resume --retry-failed`` ran again.
+    class LateResultRecorder(Callback):
+        """Tells Optuna the result of a trial it already holds as FAIL: a failed trial that
+        ``resume --retry-failed`` ran again (also when that retry was itself interrupted and a
+        later resume finished it).
 
         The searcher never hears of it (Ray's concurrency limiter and OptunaSearch drop a second
-        completion of a trial), and Optuna cannot tell a finished (FAIL) trial twice; so a success
-        joins the study as a new trial with the same parameters, which the sampler learns from.
+        completion of a trial), and Optuna cannot tell a finished trial twice; so a success joins
+        the study as a new trial with the same parameters and sampler bookkeeping (NSGA-II's
+        generation), which the sampler learns from.
         """
 
         def __init__(self, study_dir: str, study_name: str, spec: SearchSpec) -> None:
             self.study_dir, self.study_name = study_dir, study_name
             self.metrics = spec.metric_names()
-            self.attr_metrics = tuple(dict.fromkeys([*KNOWN_METRICS, *(c.metric for c in spec.constraints)]))
-            self.constraints = Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None
+            self.attr_metrics = _attr_metrics(spec)
+            self.constraints = _constraints(spec)
             self.total_epochs = spec.epochs
+            self._study = None
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {**self.__dict__, "_study": None}  # no database connection in Tune's state
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             result = trial.last_result or {}
             if trial.config.get(BASELINE_KEY) or ended_status(result, self.total_epochs) != "completed":
                 return
-            values = [result.get(m) for m in self.metrics]
-            if any(not isinstance(v, (int, float)) or not math.isfinite(float(v)) for v in values):
+            values = _finite(result, self.metrics)
+            if len(values) < len(self.metrics):
                 return
             import optuna
 
-            study = optuna.load_study(study_name=self.study_name,
-                                      storage=f"sqlite:///{Path(self.study_dir) / 'optuna.db'}")
-            told = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("ray_trial_id") == trial.trial_id]
+            if self._study is None:
+                storage = optuna.storages.RDBStorage(f"sqlite:///{Path(self.study_dir) / 'optuna.db'}",
+                                                     engine_kwargs={"connect_args": {"timeout": 60}})
+                self._study = optuna.load_study(study_name=self.study_name, storage=storage)
+            told = [t for t in self._study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("ray_trial_id") == trial.trial_id]
             if not told or not all(t.state == optuna.trial.TrialState.FAIL for t in told):
-                return  # first completion (the searcher tells it), or recorded already
+                return  # a first completion (the searcher tells it), or recorded already
             failed = told[0]
-            attrs = {k: float(result[k]) for k in self.attr_metrics
-                     if isinstance(result.get(k), (int, float)) and math.isfinite(float(result[k]))}
-            study.add_trial(optuna.trial.create_trial(
-                params=failed.params, distributions=failed.distributions, values=[float(v) for v in values],
-                user_attrs={**failed.user_attrs, **attrs, "retry_of_number": failed.number},
+            kept = {k: v for k, v in failed.user_attrs.items() if k != "interrupted"}
+            self._study.add_trial(optuna.trial.create_trial(
+                params=failed.params, distributions=failed.distributions,
+                values=[values[m] for m in self.metrics],
+                user_attrs={**kept, **_finite(result, self.attr_metrics), "retry_of_number": failed.number},
+                system_attrs={k: v for k, v in failed.system_attrs.items() if not k.startswith("constraints")},
                 constraints=self.constraints.values(result) if self.constraints else None))
 
-    return RetryRecorder
+    return LateResultRecorder
 
 
 # ------------------------------------------------------------------ trials table
@@ -400,9 +424,6 @@ def _init_ray(address: Optional[str]) -> bool:
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                                   logging_level="WARNING")
-    plugins = plugins_env_value()
-    if plugins:  # for a custom trainable (the default one loads them from its bound argument)
-        kwargs["runtime_env"] = {"env_vars": {PLUGINS_ENV: plugins}}
     if address:
         _probe_ray_address(address)
         try:
@@ -647,7 +668,7 @@ def resume_study(
     """
     study_dir = Path(study_dir)
     info = read_study(study_dir)
-    _load_study_plugins(study_dir, info.get("plugins"))
+    _load_study_plugins(study_dir, info)
     spec = load_space(study_dir / SPEC_FILE)
     from ray.tune import Tuner
 
@@ -675,17 +696,24 @@ def resume_study(
             _shutdown_ray()
 
 
-def _load_study_plugins(study_dir: Path, plugins: Any) -> None:
+def _load_study_plugins(study_dir: Path, info: dict[str, Any]) -> None:
     """The plugins a study was started with (``--plugin`` or ``SDSNN_PLUGINS``, as recorded in its
-    study.json), added to this process's: resuming needs no ``--plugin`` again."""
-    if not plugins or not isinstance(plugins, str):
-        return
-    entries = plugins.split(",")
-    for e in entries:
-        if e.endswith(".py") and not Path(e).is_file():
-            raise UserError(f"{study_dir}: the study was started with the plugin file {e}, which is gone; "
-                            f"put it back there (its backbones and datasets are needed to resume)")
-    add_plugins(entries)
+    study.json), added to this process's: resuming needs no ``--plugin`` again. A recorded file
+    that is gone may be given again at its new place (a moved study) with ``--plugin``; the
+    study.json then records the new place."""
+    recorded = info.get("plugins")
+    if recorded and isinstance(recorded, str):
+        given = {Path(e).name for e in plugin_entries() if e.endswith(".py")}
+        entries = []
+        for e in recorded.split(","):
+            if e.endswith(".py") and not Path(e).is_file():
+                if Path(e).name in given:
+                    continue  # named again with --plugin at its new place
+                raise UserError(f"{study_dir}: the study was started with the plugin file {e}, which is gone; "
+                                f"put it back there, or name its new place with --plugin NEWPATH")
+            entries.append(e)
+        add_plugins(entries)
+    info["plugins"] = plugins_env_value()
 
 
 def _shutdown_ray() -> None:
@@ -741,6 +769,45 @@ def _close_dangling_optuna_trials(study_dir: Path, study_name: str) -> None:
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
+def _wrap_trainable(fn: Callable, plugins: str, diverged: frozenset[str]) -> Callable:
+    """What each trial runs: ``fn``, after loading the driver's plugins (``SDSNN_PLUGINS``, file
+    paths absolute), so that every worker knows their backbones and datasets however Ray was
+    started (by the command, by the caller's own ``ray.init()``, or a cluster joined with
+    ``--address``); a trial in ``diverged`` (its loss became NaN before) ends so again at once
+    instead of training again under ``--retry-failed``."""
+
+    @functools.wraps(fn)
+    def trial(config: dict[str, Any], **kwargs: Any) -> Any:
+        # the driver's list replaces what the worker inherited (a relative path there would
+        # resolve against the worker's own directory)
+        if plugins:
+            os.environ[PLUGINS_ENV] = plugins
+        else:
+            os.environ.pop(PLUGINS_ENV, None)
+        load_plugins()
+        if diverged:
+            from ray import tune
+
+            tid = tune.get_context().get_trial_id()
+            if tid in diverged:
+                raise TrialDiverged(f"trial {tid}: the loss became NaN before; not run again (it would diverge again)")
+        return fn(config, **kwargs)
+
+    return trial
+
+
+def _diverged_trials(study_dir: Path) -> frozenset[str]:
+    """Ids of the study's trials whose loss became NaN, from its trials table."""
+    try:
+        df = pd.read_parquet(study_dir / "trials.parquet", columns=["trial_id", "status"])
+    except Exception:  # no table yet, or an unreadable one: the CSV copy
+        try:
+            df = pd.read_csv(study_dir / "trials.csv", usecols=["trial_id", "status"])
+        except Exception:
+            return frozenset()
+    return frozenset(df.loc[df["status"] == "nan", "trial_id"].astype(str))
+
+
 def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainable: Optional[Callable],
              restore: bool, progress: bool, retry_failed: bool = False) -> StudyOutcome:
     import optuna
@@ -750,10 +817,9 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     from .tracking import MlflowTracker, end_study_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    bound: dict[str, Any] = dict(base=spec.base_config(), study_dir=str(study_dir), data_root=info.get("data_root"))
-    if trainable is None:
-        bound["plugins"] = plugins_env_value()
-    fn = tune.with_parameters(trainable or run_trial, **bound)
+    diverged = _diverged_trials(study_dir) if retry_failed else frozenset()
+    fn = tune.with_parameters(_wrap_trainable(trainable or run_trial, plugins_env_value(), diverged),
+                              base=spec.base_config(), study_dir=str(study_dir), data_root=info.get("data_root"))
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     ray_path = str(study_dir / RAY_DIR)
     tracker = MlflowTracker(info["tracking_uri"], info["experiment_id"], info["parent_run_id"],
@@ -761,24 +827,21 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     table = _table_callback_class()(str(study_dir), spec.to_dict(), spec.base_config(), tracker,
                                     total_epochs=spec.epochs)
     view = ProgressView(spec, study_dir, enabled=progress)
+    late = _late_result_recorder_class()(str(study_dir), info["name"], spec)
     _quiet_tune()  # before Tuner.restore, which reads the trials' results (and warns of the unstarted)
     if restore:
         # callbacks come back from the pickled Tuner; fresh ones are passed through the run config
         tuner = tune.Tuner.restore(ray_path, trainable=fn, resume_unfinished=True, resume_errored=retry_failed)
         rc = tuner._local_tuner.get_run_config()
-        rc.callbacks = [tracker, table, view]
-        if retry_failed:
-            rc.callbacks.append(_retry_recorder_class()(str(study_dir), info["name"], spec))
+        rc.callbacks = [tracker, table, view, late]
     else:
         storage = optuna.storages.RDBStorage(
             f"sqlite:///{study_dir / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 60}}
         )
-        attr_metrics = tuple(dict.fromkeys([*KNOWN_METRICS, *(c.metric for c in spec.constraints)]))
         searcher = _optuna_search_class()(
             space=optuna_space(spec), metric=spec.metric_names(), mode=spec.modes(),
             sampler=make_sampler(spec), storage=storage, study_name=info["name"],
-            baseline=spec.search.baseline, attr_metrics=attr_metrics,
-            constraints=Constraints([c.model_dump() for c in spec.constraints]) if spec.constraints else None,
+            baseline=spec.search.baseline, attr_metrics=_attr_metrics(spec), constraints=_constraints(spec),
             total_epochs=spec.epochs,
         )
         scheduler = None
@@ -799,7 +862,7 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(
-                name=RAY_DIR, storage_path=str(study_dir), callbacks=[tracker, table, view],
+                name=RAY_DIR, storage_path=str(study_dir), callbacks=[tracker, table, view, late],
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=0,

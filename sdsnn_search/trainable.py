@@ -66,15 +66,11 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_trial(config: dict[str, Any], *, base: dict[str, Any], study_dir: str, data_root: Optional[str] = None,
-              plugins: str = "") -> None:
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], study_dir: str, data_root: Optional[str] = None) -> None:
     """Train one trial and report every epoch to Ray Tune.
 
     ``base`` is the fixed experiment config (dict, from :meth:`SearchSpec.base_config`),
-    ``study_dir`` the study folder (run folders go to ``study_dir/trials/<trial_id>``),
-    ``plugins`` the driver's ``SDSNN_PLUGINS`` (absolute paths): loaded here, so that a worker
-    finds the plugin backbones and datasets however Ray was started (by us, by the caller, or a
-    cluster joined with ``--address``).
+    ``study_dir`` the study folder (run folders go to ``study_dir/trials/<trial_id>``).
     """
     from ray import tune
     from ray.tune import Checkpoint
@@ -82,10 +78,6 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], study_dir: str, d
     from sdsnn.config import ExperimentConfig, apply_overrides
     from sdsnn.train import train
 
-    if plugins:
-        from sdsnn.plugins import add_plugins
-
-        add_plugins(plugins.split(","))
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     baseline = bool(config.get(BASELINE_KEY, False))

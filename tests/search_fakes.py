@@ -42,10 +42,11 @@ def fake_trial(config, *, base, study_dir, data_root=None):
         with ck.as_directory() as d:
             start = int(json.loads((Path(d) / "state.json").read_text())["epoch"])
     where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
-    # markers next to the study folder (<results>/<study>.fail_once) make exactly one trial fail (raise) or diverge (NaN)
+    # markers next to the study folder (<results>/<study>.fail_once) make exactly one trial fail (raise: at
+    # once, or after its first epoch) or diverge (NaN)
     kind = None
-    if not config.get("is_baseline"):
-        for marker in ("fail_once", "nan_once"):
+    if not config.get("is_baseline") and start == 0:
+        for marker in ("fail_once", "fail_after_epoch_once", "nan_once"):
             m = Path(study_dir).parent / f"{Path(study_dir).name}.{marker}"
             try:
                 os.rename(m, Path(study_dir).parent / f"{Path(study_dir).name}.{marker}.taken-by-{tid}")
@@ -69,6 +70,8 @@ def fake_trial(config, *, base, study_dir, data_root=None):
 
             raise TrialDiverged("loss became NaN (test)")
         tune.report(m, checkpoint=Checkpoint.from_directory(str(run_dir)))
+        if kind == "fail_after_epoch_once":
+            raise RuntimeError("deliberate failure after an epoch, for the test")
 
 
 def noop_trial(config, *, base, study_dir, data_root=None):

@@ -145,6 +145,13 @@ def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
     (tmp_path / "ex" / "plugin_example.py").unlink()
     r = _cli(["resume", str(tmp_path / "res" / "bc")], tmp_path)
     assert r.returncode == 2 and "plugin_example.py, which is gone" in r.stderr and len(r.stderr.splitlines()) == 1
+    # ... named again at its new place: resumes, and the study records the new place
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "plugin_example.py").write_text(EXAMPLE.read_text())
+    r = _cli(["--plugin", "moved/plugin_example.py", "resume", str(tmp_path / "res" / "bc")], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    info = json.loads((tmp_path / "res" / "bc" / "study.json").read_text())
+    assert info["plugins"] == str((tmp_path / "moved" / "plugin_example.py").resolve())
 
 
 def test_plugins_reach_workers_of_a_ray_the_caller_started(tmp_path):

@@ -127,40 +127,56 @@ def test_failing_trials_do_not_stop_the_study_and_mlflow_structure(ray_session, 
 
 
 def test_resume_retry_failed_runs_failed_trials_again(ray_session, tmp_path):
-    """A plain resume keeps a failed trial failed; --retry-failed runs it again, and its result
-    reaches the table, Optuna (as a new trial with the same parameters: Optuna cannot tell a
-    finished trial twice) and MLflow."""
+    """A plain resume keeps failed trials failed; --retry-failed runs them again from their last
+    epoch, and a success reaches the table, Optuna (as a new trial with the same parameters and
+    NSGA-II generation: Optuna cannot tell a finished trial twice) and MLflow; a NaN trial stays
+    NaN without training again (the fake would complete it if run: its marker is used up)."""
     (tmp_path / "res").mkdir()
     study_dir = tmp_path / "res" / "retry"
-    (tmp_path / "res" / "retry.fail_once").write_text("")  # one trial raises, once
-    spec = _fake_spec(num_samples=3, epochs=2)
+    for marker in ("fail_once", "fail_after_epoch_once", "nan_once"):  # one trial each
+        (tmp_path / "res" / f"retry.{marker}").write_text("")
+    spec = _fake_spec(num_samples=4, epochs=2, sampler="nsga2")
     run_study(spec, results_dir=tmp_path / "res", name="retry", trainable=search_fakes.fake_trial, progress=False)
-    failed = pd.read_parquet(study_dir / "trials.parquet").query("status == 'failed'")["trial_id"].tolist()
-    assert len(failed) == 1
-    fid = failed[0]
+    df = pd.read_parquet(study_dir / "trials.parquet").set_index("trial_id")
+    taken = {m: next(tmp_path.glob(f"res/retry.{m}.taken-by-*")).name.rsplit("-", 1)[1]
+             for m in ("fail_once", "fail_after_epoch_once", "nan_once")}
+    assert [df.loc[taken[m], "status"] for m in ("fail_once", "fail_after_epoch_once", "nan_once")] == ["failed", "failed", "nan"], \
+        (taken, df[["status", "epochs"]])
 
     out = resume_study(study_dir, progress=False)
-    assert out.table.set_index("trial_id").loc[fid, "status"] == "failed"
-    assert _optuna_states(study_dir, "retry") == {"COMPLETE": 2, "FAIL": 1}
+    assert out.table.set_index("trial_id").loc[list(taken.values()), "status"].tolist() == ["failed", "failed", "nan"]
+    assert _optuna_states(study_dir, "retry") == {"COMPLETE": 1, "FAIL": 3}
 
+    log_before = (study_dir / "executions.log").read_text().split("\n")
     out = resume_study(study_dir, progress=False, retry_failed=True)
-    df = out.table
-    assert len(df) == 4 and (df["status"] == "completed").all(), df[["trial_id", "status"]]
-    runs = (study_dir / "executions.log").read_text().split()
-    assert runs.count(fid) == 2  # the retried trial ran both its epochs
+    df = out.table.set_index("trial_id")
+    assert len(df) == 5
+    assert df.loc[taken["nan_once"], "status"] == "nan"
+    assert (df.drop(index=taken["nan_once"])["status"] == "completed").all(), df["status"]
+    new_lines = (study_dir / "executions.log").read_text().split("\n")[len(log_before) - 1:]
+    assert sorted(l for l in new_lines if l.startswith(taken["fail_once"])) == [f"{taken['fail_once']} 1", f"{taken['fail_once']} 2"]
+    # the one that failed after epoch 1 went on from its checkpoint: epoch 2 only
+    assert [l for l in new_lines if l.startswith(taken["fail_after_epoch_once"])] == [f"{taken['fail_after_epoch_once']} 2"]
+    assert not [l for l in new_lines if l.startswith(taken["nan_once"])]  # not trained again
+
     study = optuna.load_study(study_name="retry", storage=f"sqlite:///{study_dir / 'optuna.db'}")
     states = [t.state.name for t in study.get_trials()]
-    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 3
     new = [t for t in study.get_trials() if "retry_of_number" in t.user_attrs]
-    assert len(new) == 1 and new[0].state.name == "COMPLETE" and new[0].user_attrs["ray_trial_id"] == fid
-    old = study.trials[new[0].user_attrs["retry_of_number"]]
-    assert old.state.name == "FAIL" and old.params == new[0].params
-    row = df.set_index("trial_id").loc[fid]
-    assert new[0].values == [row["val_acc"], row["energy_pj"]] and "val_acc>=0.3" in new[0].constraints
+    assert sorted(t.user_attrs["ray_trial_id"] for t in new) == sorted([taken["fail_once"], taken["fail_after_epoch_once"]])
+    for t in new:
+        old = study.trials[t.user_attrs["retry_of_number"]]
+        assert t.state.name == "COMPLETE" and old.state.name == "FAIL" and old.params == t.params
+        assert t.system_attrs["NSGAIISampler:generation"] == old.system_attrs["NSGAIISampler:generation"]
+        row = df.loc[t.user_attrs["ray_trial_id"]]
+        assert t.values == [row["val_acc"], row["energy_pj"]] and "val_acc>=0.3" in t.constraints
     c, info, children = _children(study_dir)
-    child = {r.data.tags["trial_id"]: r for r in children}[fid]
-    assert child.info.status == "FINISHED" and child.data.tags["status"] == "completed"
-    assert "error" not in child.data.tags
+    assert len(children) == 5  # no run duplicated
+    by_id = {r.data.tags["trial_id"]: r for r in children}
+    for tid in (taken["fail_once"], taken["fail_after_epoch_once"]):
+        assert by_id[tid].info.status == "FINISHED" and by_id[tid].data.tags["status"] == "completed"
+        assert "error" not in by_id[tid].data.tags
+    assert by_id[taken["nan_once"]].data.tags["status"] == "nan"
 
 
 def test_end_to_end_digits_real_training(ray_session, tmp_path):

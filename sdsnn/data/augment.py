@@ -17,7 +17,9 @@ tensor kernels give float images:
   image 0.2989 R + 0.587 G + 0.114 B; the grayscale image's mean; the 3x3 smoothed image, border
   pixels kept) with factor ``1 + magnitude``, then clamp to [0, 1];
 * Posterize and Equalize quantise to 0..255 as torchvision converts float to uint8
-  (``int(x * 255.999)``), work on those integers as PIL does, and return ``value / 255``;
+  (``int(x * 255.999)``), work on those integers as PIL does, and return ``value / 255``
+  (torchvision's own float Posterize differs: v1 refuses float images, v2 computes
+  ``floor(x * 2**bits) / 2**bits``; the PIL rule is that of the usual uint8 pipeline);
 * Solarize inverts (``1 - x``) the values at or above the threshold (``linspace(1, 0)``);
 * AutoContrast maps each channel's min to 0 and max to 1 (unchanged where max == min).
 """
