@@ -19,6 +19,15 @@ if _shared.is_dir():
     os.environ.setdefault("SDSNN_DATA_ROOT", os.pathsep.join([str(_shared), str(ROOT / "cache" / "data")]))
 
 
+def _commit() -> str | None:
+    """The checkout's commit, or None where git is missing (a bare GPU machine)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def machine() -> dict:
     import torch
 
@@ -28,8 +37,7 @@ def machine() -> dict:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": _commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

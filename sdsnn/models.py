@@ -40,7 +40,10 @@ size of every hidden layer, which is how :mod:`sdsnn.compact` rebuilds a thinner
 from __future__ import annotations
 
 import logging
-import math
+import os
+import shutil
+import sysconfig
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -53,6 +56,27 @@ from spikingjelly.activation_based import base as sj_base, layer as sj_layer, ne
 from .config import ModelConfig
 from .errors import ConfigError
 from .structure import LayerInfo
+
+
+#: spikingjelly's switches of its LIF / PLIF CUDA kernels (auto | cuda | triton | torch).
+SPIKINGJELLY_KERNEL_VARIABLES = ("SJ_LIF_CUDA_IMPLEMENTATION", "SJ_PLIF_CUDA_IMPLEMENTATION")
+
+
+def choose_cuda_neuron_kernels() -> None:
+    """On a GPU, spikingjelly 2.0 runs LIF/PLIF with Triton kernels whenever triton imports, and
+    Triton builds its launcher with the system C compiler and Python's headers at the first
+    launch: on a machine without them every training step would fail there. Then ask for
+    spikingjelly's pure-torch kernels instead (slower, same arithmetic). Called at import, before
+    spikingjelly reads the variables (at its first neuron step); a value you set yourself wins.
+    No effect on the CPU, which always runs the torch kernels."""
+    compiler = any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "gcc", "clang") if c)
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+    if not (compiler and headers):
+        for var in SPIKINGJELLY_KERNEL_VARIABLES:
+            os.environ.setdefault(var, "torch")
+
+
+choose_cuda_neuron_kernels()
 
 # torch logs "Triton not available, find_triton_kernels = []" (twice) the first time a custom op
 # is traced on a machine without Triton, e.g. every CPU training run: noise, not a problem.

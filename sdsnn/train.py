@@ -2,7 +2,8 @@
 
 :func:`train` runs one :class:`~sdsnn.config.ExperimentConfig`: surrogate-gradient BPTT with
 AdamW and a cosine schedule, SD-SNN development steps (every epoch or every K optimizer steps),
-validation every epoch, energy accounting, an atomic checkpoint every epoch and exact resume.
+validation every epoch, energy accounting, an atomic checkpoint every epoch and exact resume
+(on the CPU; cuDNN is not deterministic by default).
 Both ``sdsnn-search train`` and every search trial call it.
 """
 
@@ -294,28 +295,28 @@ def train(
         bundle.train.set_epoch(epoch)
         model.train()
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        # running sums stay on the device: one host sync per step (the finiteness check), not three
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         for x, y in bundle.train:
             x = to_device(x, device)
             y = y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             rates = model(x)
             loss = _loss(rates, y, cfg.train.loss, scale)
-            if not torch.isfinite(loss):
-                model.reset()
-                status = "nan"
-                break
             loss.backward()
             if dev is not None:
                 dev.after_backward()
             # Spike outputs are bounded, so a diverging network shows up in its gradients (or its
-            # weights, once they are inf/NaN) before it shows up in the loss: check the grad norm.
+            # weights, once they are inf/NaN) before it shows up in the loss: check the grad norm
+            # too. A non-finite step ends the run before the optimizer applies it.
             gnorm = (
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
                 if cfg.train.grad_clip
                 else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             )
-            if not torch.isfinite(gnorm):
+            if not bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm)):
                 model.reset()
                 status = "nan"
                 break
@@ -325,8 +326,8 @@ def train(
             scheduler.step()
             model.reset()
             global_step += 1
-            loss_sum += float(loss.detach()) * y.numel()
-            correct += int((rates.detach().argmax(1) == y).sum())
+            loss_sum += loss.detach().double() * y.numel()
+            correct += (rates.detach().argmax(1) == y).sum()
             seen += y.numel()
             if dev is not None and develop_k is not None and global_step % develop_k == 0:
                 dev.develop(optimizer)
@@ -336,8 +337,8 @@ def train(
 
         metrics: dict[str, float] = {
             "epoch": float(epoch + 1),
-            "train_loss": loss_sum / seen if seen and status == "completed" else float("nan"),
-            "train_acc": correct / seen if seen else 0.0,
+            "train_loss": float(loss_sum) / seen if seen and status == "completed" else float("nan"),
+            "train_acc": int(correct) / seen if seen else 0.0,
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_time_s": epoch_time,
         }

@@ -240,6 +240,11 @@ def _check(spec: SearchSpec, where: str) -> None:
     except ConfigError as e:
         raise ConfigError(f"{where}: field 'experiment': {e}") from None
 
+    device = str((spec.base_config().get("train") or {}).get("device") or "")
+    if device.startswith("cuda") and spec.resources.gpu <= 0:
+        fail("experiment.train.device", f"'{device}' with resources.gpu 0: Ray gives such trials no GPU; "
+                                        f"set resources.gpu (e.g. 1 or 0.5) or train.device: auto")
+
     for path, p in spec.params.items():
         fp = f"params.{path}"
         if p.type == "categorical":

@@ -1,5 +1,7 @@
 """Backbones: shapes, structure (prunable layers), static-input shortcut, widths, firing rates."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -337,3 +339,24 @@ def test_one_channel_conv_runs_as_a_gemm_with_channels_last_output():
         reference = block.norm(block.layer(xb))
     assert seen == [fast.shape] and fast.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(fast, hooked, atol=1e-5) and torch.allclose(fast, reference, atol=1e-5)
+
+
+def test_cuda_neuron_kernels_fall_back_to_torch_without_a_compiler(monkeypatch):
+    """Without a C compiler (or Python's headers) Triton cannot build its launcher, so spikingjelly
+    is asked for its torch kernels; a value the user set is kept; with both, nothing is set."""
+    import shutil
+
+    import sdsnn.models as models
+
+    for var in models.SPIKINGJELLY_KERNEL_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(models.Path, "is_file", lambda self: True)
+    models.choose_cuda_neuron_kernels()
+    assert all(v not in os.environ for v in models.SPIKINGJELLY_KERNEL_VARIABLES)
+
+    monkeypatch.setenv("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    models.choose_cuda_neuron_kernels()
+    assert os.environ["SJ_LIF_CUDA_IMPLEMENTATION"] == "torch"
+    assert os.environ["SJ_PLIF_CUDA_IMPLEMENTATION"] == "triton"  # the user's choice

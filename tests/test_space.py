@@ -60,6 +60,7 @@ BAD = {
     "negative_cpu": ({"resources": {"cpu": 0}}, "resources.cpu", "greater than 0"),
     "fractional_cpu_above_one": ({"resources": {"cpu": 1.5}}, "resources", "fractions"),
     "bad_experiment_field": ({"experiment": {"model": {"depth": 0}}}, "experiment.model.depth", "greater than or equal"),
+    "cuda_without_gpu": ({"experiment": {"train": {"device": "cuda"}}}, "experiment.train.device", "resources.gpu"),
     "categorical_without_choices": ({"params": {"model.width": {"type": "categorical", "choices": []}}}, "params.model.width.choices", "non-empty"),
 }
 

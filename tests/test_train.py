@@ -230,6 +230,23 @@ def test_budgeted_training_benchmark_pauses_and_resumes(tmp_path):
                                                         (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     assert whole.test["test_acc"] == out["summary"]["test_acc"]
 
+    # a call killed mid-run (the machine's time limit) still leaves the figures of its epochs
+    import signal
+    import time
+
+    result = tmp_path / "long" / "tiny-long.json"
+    proc = subprocess.Popen([*cmd[:4], "--name", "tiny-long", "--out", str(tmp_path / "long-run"), "--result-dir",
+                             str(tmp_path / "long"), "--set", "train.device=cpu", "--epochs", "500", "--minutes", "9"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not result.exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    out = json.loads(result.read_text())
+    assert out["summary"]["status"] == "in progress" and out["summary"]["epochs_done"] >= 1
+    assert out["summary"]["test_acc"] is None and len(out["per_epoch"]) == out["summary"]["epochs_done"]
+
 
 def test_develop_every_epoch_runs_one_step_per_epoch(tmp_path):
     """develop_every: epoch (the reference) -> development step s at the end of epoch s+1; with

@@ -65,13 +65,13 @@ def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch
     """Per-sample random crop of a zero-padded batch ``[B, C, H, W]`` and random horizontal flip."""
     B, C, H, W = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (B,), generator=g)
-    ox = torch.randint(0, 2 * pad + 1, (B,), generator=g)
-    flip = torch.rand(B, generator=g) < 0.5
-    rows = (oy[:, None] + torch.arange(H)[None, :])  # [B, H]
-    cols = ox[:, None] + torch.arange(W)[None, :]  # [B, W]
+    oy = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device).to(x.device)
+    flip = torch.rand(B, generator=g, device=g.device).to(x.device) < 0.5
+    rows = (oy[:, None] + torch.arange(H, device=x.device)[None, :])  # [B, H]
+    cols = ox[:, None] + torch.arange(W, device=x.device)[None, :]  # [B, W]
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    b = torch.arange(B)[:, None, None]
+    b = torch.arange(B, device=x.device)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
     return out.permute(0, 3, 1, 2).contiguous()
 

@@ -475,17 +475,23 @@ class StructuralDevelopment:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Plain tensors and numbers only (loadable with ``torch.load(weights_only=True)``)."""
+        """Plain tensors and numbers only (loadable with ``torch.load(weights_only=True)``), as CPU
+        copies: on a GPU the spine state is several times the model's size, and a copy there would
+        only be copied again to be saved."""
+
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+
         layers: dict[str, Any] = {}
         for L in self._layers:
-            d: dict[str, Any] = {"group": L.group.clone(), "neuron": L.neuron.clone(), "rho": L.rho}
+            d: dict[str, Any] = {"group": copy(L.group), "neuron": copy(L.neuron), "rho": L.rho}
             if L.develops:
-                d["grad_acc"] = L.grad_acc.clone()
-                d["c_grow"] = L.c_grow.clone()
-                d["cand_prev"] = L.cand_prev.clone()
+                d["grad_acc"] = copy(L.grad_acc)
+                d["c_grow"] = copy(L.c_grow)
+                d["cand_prev"] = copy(L.cand_prev)
                 if L.spine is not None:
                     for k in SPINE_KEYS:
-                        d[k] = L.spine[k].clone()
+                        d[k] = copy(L.spine[k])
             layers[L.li.name] = d
         return {
             "version": _STATE_VERSION,
