@@ -179,7 +179,7 @@ def _card_md(card: dict) -> str:
         "",
         "## Structure and cost",
         "",
-        f"- parameters: {p['compact']:,} stored (dense network: {p['dense']:,}, "
+        f"- parameters: {p['compact']:,} stored (this trial's network before pruning: {p['dense']:,}, "
         f"{p['compact'] / max(p['dense'], 1):.3f}x); non-zero: {p['compact_nonzero']:,}",
         f"- synaptic pruning rate {pct(m.get('syn_prune_rate'))}, neuron pruning rate "
         f"{pct(m.get('neuron_prune_rate'))}; hidden widths {card['widths']['dense']} -> {card['widths']['compact']}",
@@ -198,8 +198,9 @@ def _card_md(card: dict) -> str:
         lines.append(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |")
     deltas = card.get("vs_dense_baseline") or {}
     if deltas:
-        lines += ["", "Against the study's dense baseline: " + ", ".join(f"{k} {v:.4g}" for k, v in deltas.items()
-                                                                          if v is not None) + "."]
+        lines += ["", "Against the study's dense baseline trial (the space's fixed backbone, trained without "
+                  "development: a searched width or depth can make this trial's network larger than it): "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in deltas.items() if v is not None) + "."]
     lines += [
         "",
         "## Trial configuration",

@@ -106,8 +106,10 @@ class Study:
         return [Constraint(str(c["metric"]), str(c["op"]), float(c["value"])) for c in self.meta.get("constraints") or []]
 
     @property
-    def reference_point(self) -> list[float]:
-        return [float(v) for v in self.meta["reference_point"]]
+    def reference_point(self) -> Optional[list[float]]:
+        """The space's reference point, or None where the space gave none (see :func:`analyze`)."""
+        ref = self.meta.get("reference_point")
+        return [float(v) for v in ref] if ref else None
 
 
 @dataclass
@@ -126,6 +128,7 @@ class ParetoResult:
     history: pd.DataFrame  # columns: order, study, trial_id, hypervolume
     baselines: pd.DataFrame  # the dense baseline row(s), one per study (may be empty)
     counts: dict = field(default_factory=dict)
+    reference_point_derived: bool = False  # the space gave none: derived from the trials
 
     @property
     def knee(self) -> pd.Series:
@@ -242,10 +245,9 @@ def load_study(path: str | Path) -> Study:
     p = Path(path)
     meta_file = p / STUDY_FILE
     meta = read_study(p)
-    for key in ("objectives", "reference_point"):
-        if not meta.get(key):
-            raise UserError(f"{meta_file} has no '{key}'; re-run the study with a current 'sdsnn-search run'")
-    if len(meta["reference_point"]) != len(meta["objectives"]):
+    if not meta.get("objectives"):
+        raise UserError(f"{meta_file} has no 'objectives'; re-run the study with a current 'sdsnn-search run'")
+    if meta.get("reference_point") and len(meta["reference_point"]) != len(meta["objectives"]):
         raise UserError(f"{meta_file}: reference_point has {len(meta['reference_point'])} values for "
                         f"{len(meta['objectives'])} objectives; give one per objective in the space file")
     for o in meta["objectives"]:
@@ -337,6 +339,24 @@ def _add_deltas(front: pd.DataFrame, baselines: pd.DataFrame, acc_metric: Option
     return front
 
 
+def _reference_point(studies: Sequence[Study], done: np.ndarray, maximise: Sequence[bool]) -> tuple[list[float], bool]:
+    """The hypervolume's reference point, and whether it was derived from the trials.
+
+    Merged studies take the worst coordinate of their spaces' points. Where a space gave none,
+    the point is the worst value of each objective over the completed trials (``done``, baseline
+    included), pushed out by 10 % of that objective's range (of its magnitude, or 1, where all
+    trials agree), so that every completed trial counts."""
+    given = [s.reference_point for s in studies]
+    if all(r is not None for r in given):
+        refs = np.array([to_minimisation(np.reshape(r, (1, -1)), maximise)[0] for r in given])
+        return list(to_minimisation(refs.max(axis=0).reshape(1, -1), maximise)[0]), False
+    m = to_minimisation(np.asarray(done, dtype=float).reshape(-1, len(maximise)), maximise)
+    worst, best = m.max(axis=0), m.min(axis=0)
+    span = worst - best
+    span = np.where(span > 0, span, np.where(np.abs(worst) > 0, np.abs(worst), 1.0))
+    return list(to_minimisation((worst + 0.1 * span).reshape(1, -1), maximise)[0]), True
+
+
 def analyze(studies: Sequence[Study]) -> ParetoResult:
     """Pareto analysis of studies of one dataset (merged)."""
     if not studies:
@@ -350,9 +370,6 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
                 f"studies {first.path} and {s.path} of dataset '{first.dataset}' have different objectives; "
                 f"analyze them in separate 'sdsnn-search pareto' calls")
     maximise = [o.maximise for o in objectives]
-    # merged reference point: the worst coordinate of the studies' reference points
-    refs = np.array([to_minimisation(np.reshape(s.reference_point, (1, -1)), maximise)[0] for s in studies])
-    reference_point = list(to_minimisation(refs.max(axis=0).reshape(1, -1), maximise)[0])
     constraints: list[Constraint] = []
     for s in studies:
         for c in s.constraints:
@@ -393,7 +410,8 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
         raise UserError(
             f"no feasible trial for dataset '{first.dataset}' in {where}: {counts['feasible']} of "
             f"{counts['completed']} completed search trials satisfy the constraints ({cons}); "
-            f"relax the constraints in the space file or run more trials")
+            f"to analyse these trials under looser ones, edit 'constraints' in the study's study.json; "
+            f"or run a new study with more trials")
 
     idx = np.flatnonzero(feasible)
     nd = nondominated_mask(values[idx], maximise)
@@ -401,6 +419,7 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
     on_front[idx[nd]] = True
     trials["on_front"] = on_front
 
+    reference_point, derived = _reference_point(studies, values[completed & finite], maximise)
     hv = hypervolume(values[on_front], maximise, reference_point)
     hist = hypervolume_history(values, maximise, reference_point, counted=feasible)
     history = pd.DataFrame({"order": np.arange(1, len(trials) + 1), "study": trials["study"],
@@ -415,7 +434,8 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
     front.insert(2, "is_knee", np.arange(len(front)) == k)
     return ParetoResult(
         dataset=first.dataset, studies=list(studies), objectives=objectives, constraints=constraints,
-        reference_point=[float(v) for v in reference_point], trials=trials, front=front,
+        reference_point=[float(v) for v in reference_point], reference_point_derived=derived,
+        trials=trials, front=front,
         knee_trial_id=str(front.loc[k, "trial_id"]), hypervolume=hv, history=history,
         baselines=baselines.reset_index(drop=True), counts=counts)
 

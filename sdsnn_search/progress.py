@@ -182,7 +182,8 @@ class ProgressView(Callback):
         from .tracking import error_line
 
         why = "loss became NaN" if nan else error_line(trial)
-        self._say(f"[{c['completed'] + c['failed']}/{self.total}] trial {trial.trial_id} failed: {why}")
+        role = "baseline" if trial.config.get("is_baseline", False) else "trial"
+        self._say(f"[{c['completed'] + c['failed']}/{self.total}] {role} {trial.trial_id} failed: {why}")
         self._refresh(True)
 
     def on_step_end(self, iteration, trials, **info):
@@ -218,6 +219,9 @@ class ProgressView(Callback):
         c = outcome.counts
         console.print(f"trials: {c.get('completed', 0)} completed, {c.get('failed', 0) + c.get('nan', 0)} failed"
                       f"{', study interrupted: continue with  sdsnn-search resume ' + str(outcome.study_dir) if outcome.interrupted else ''}")
+        if c.get("failed", 0) and not outcome.interrupted:
+            console.print(f"{c['failed']} failed (not NaN): once the cause is fixed, run them again with  "
+                          f"sdsnn-search resume {outcome.study_dir} --retry-failed")
         d = outcome.study_dir
         console.print(f"written to {d}\n  trials table  {d / 'trials.csv'} (+ .parquet)\n  run folders   {d / 'trials'}/"
                       f"\n  optuna study  {d / 'optuna.db'}\n  ray state     {d / 'ray'}\n"

@@ -319,6 +319,7 @@ def _summary(res: ParetoResult) -> dict:
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in res.objectives],
         "constraints": [{"metric": c.metric, "op": c.op, "value": c.value} for c in res.constraints],
         "reference_point": res.reference_point,
+        "reference_point_derived": res.reference_point_derived,
         "hypervolume": res.hypervolume,
         "knee": {"study": str(res.knee["study"]), "trial_id": res.knee_trial_id},
         "front": [{"study": str(r["study"]), "trial_id": str(r["trial_id"])} for _, r in res.front.iterrows()],
@@ -336,7 +337,10 @@ def _report_md(res: ParetoResult, importances: list[tuple[str, Optional[pd.DataF
               f"{res.counts['feasible']} feasible, {len(res.front)} on the front.", ""]
     lines += ["Objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in objs) + ". "
               + "Constraints: " + ("; ".join(str(c) for c in res.constraints) or "none") + ". "
-              + f"Reference point: ({', '.join(_fmt(v) for v in res.reference_point)}).", ""]
+              + f"Reference point: ({', '.join(_fmt(v) for v in res.reference_point)})"
+              + (" (the space gave none: the worst completed value of each objective, pushed out by 10 % of "
+                 "its range; give `reference_point` in the space to compare hypervolumes across studies)"
+                 if res.reference_point_derived else "") + ".", ""]
     order = "; ".join(sorted({s.order_source for s in res.studies}))
     lines += [f"**Hypervolume: {res.hypervolume:.6g}** (see hypervolume.png for its history over the "
               f"trials in the order they finished: {order}).", ""]
@@ -360,7 +364,9 @@ def _report_md(res: ParetoResult, importances: list[tuple[str, Optional[pd.DataF
         lines += ["Deltas in the front table are against this row of the same study: `acc_gain` = accuracy "
                   "minus the baseline's, `energy_vs_dense` = energy per sample / the baseline's, "
                   "`params_vs_dense` = parameters of the compacted model / the baseline's; pruning rates "
-                  "are relative to the dense network.", ""]
+                  "are relative to each trial's own network before pruning. The baseline has the space's fixed "
+                  "backbone: a trial whose searched width or depth is larger can keep more parameters than "
+                  "it (`params_vs_dense` above 1) while pruning much of its own.", ""]
     else:
         lines += ["No completed dense baseline trial; deltas are not available.", ""]
     lines += ["## Pareto front", "", _md_table(res.front, front_cols), ""]

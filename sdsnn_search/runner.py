@@ -744,7 +744,7 @@ class _DropLines(logging.Filter):
 # Tune's lines that mislead here: its "Resume experiment with: Tuner.restore(...)" (ours says
 # `sdsnn-search resume DIR`; a Tuner.restore by hand would lose the searcher setup), and "Failed to
 # fetch metrics" for trials that never reported (our trials table is the record of the study).
-_TUNE_NOISE = {"ray.tune.tune": ("Tuner.restore(",),
+_TUNE_NOISE = {"ray.tune.tune": ("Tuner.restore(", "Trials did not complete"),  # our summary names failures
                "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",)}
 
 

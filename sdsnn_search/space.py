@@ -18,7 +18,8 @@ distributions over some of its fields, named by dotted path::
       - {metric: energy_pj, mode: min}
     constraints:                     # handed to Optuna's constraints_func
       - {metric: val_acc, op: ">=", value: 0.5}
-    reference_point: [0.0, 2.0e5]    # one value per objective, in the metric's own units
+    reference_point: [0.0, 2.0e5]    # one value per objective, in the metric's own units (optional:
+                                     # pareto derives one from the trials without it)
     search: {sampler: nsga2, num_samples: 12, max_concurrent: 2, seed: 0, epochs: 3}
     scheduler: {type: none}          # or {type: asha, metric: val_acc, mode: max}
     resources: {cpu: 1, gpu: 0}      # per trial; fractions allowed
@@ -321,7 +322,9 @@ def _check(spec: SearchSpec, where: str) -> None:
         if spec.scheduler.metric not in KNOWN_METRICS:
             fail("scheduler.metric", f"unknown metric '{spec.scheduler.metric}' (choose one of {', '.join(KNOWN_METRICS)})")
         if spec.scheduler.grace_period > spec.epochs:
-            fail("scheduler.grace_period", f"grace period {spec.scheduler.grace_period} exceeds the epochs per trial ({spec.epochs})")
+            fail("scheduler.grace_period", f"grace period {spec.scheduler.grace_period} exceeds the epochs per trial "
+                                           f"({spec.epochs}); give --epochs {spec.scheduler.grace_period} or more, "
+                                           f"or a smaller scheduler.grace_period")
     if spec.resources.cpu > 1024 or spec.resources.gpu > 64:
         fail("resources", "impossible resources per trial (cpu <= 1024, gpu <= 64)")
 

@@ -147,6 +147,36 @@ def test_analyze_study_front_constraints_baseline_and_deltas(tmp_path):
     np.testing.assert_allclose(front["params_vs_dense"], front["params"] / 10000)
 
 
+def test_a_space_without_reference_point_gets_one_derived_from_its_trials(tmp_path):
+    """No reference_point in the space (it is optional there): pareto derives one beyond the worst
+    completed value of each objective (10 % of the range), so every completed trial counts, and
+    says so in the report (it used to refuse the study)."""
+    import json as _json
+
+    trials = make_trials(20, seed=6)
+    d = write_study(tmp_path, "noref", trials)
+    meta = _json.loads((d / "study.json").read_text())
+    meta["reference_point"] = None
+    (d / "study.json").write_text(_json.dumps(meta))
+    res = analyze_studies([d])["digits"]
+    done = trials[trials["status"] == "completed"]
+    acc, energy = done["val_acc"], done["energy_pj"]
+    expected = [acc.min() - 0.1 * (acc.max() - acc.min()), energy.max() + 0.1 * (energy.max() - energy.min())]
+    assert res.reference_point_derived and res.reference_point == pytest.approx(expected)
+    t = res.trials
+    pts = to_minimisation(t.loc[t["feasible"], ["val_acc", "energy_pj"]].to_numpy(float), [True, False])
+    ref = to_minimisation(np.array([expected]), [True, False])[0]
+    assert res.hypervolume == pytest.approx(brute_hypervolume(pts[brute_nondominated(pts)], ref))
+    from click.testing import CliRunner
+
+    from sdsnn_search.cli import main
+
+    r = CliRunner().invoke(main, ["pareto", str(d), "--no-mlflow"])
+    assert r.exit_code == 0, r.output
+    assert "the space gave none" in (d / "report.md").read_text()
+    assert _json.loads((d / "pareto.json").read_text())["reference_point_derived"] is True
+
+
 def test_studies_of_one_dataset_merge_and_datasets_stay_apart(tmp_path):
     a = write_study(tmp_path, "a", make_trials(12, seed=2), created="2025-01-01")
     b = write_study(tmp_path, "b", make_trials(12, seed=3), created="2025-01-02")
