@@ -387,7 +387,11 @@ def _report_md(res: ParetoResult, importances: list[tuple[str, Optional[pd.DataF
 # ----------------------------------------------------------------------------- entry point
 
 
-def _log_to_mlflow(study: Study, files: list[Path]) -> tuple[Optional[str], Optional[str]]:
+#: Where a merged analysis of several studies goes, inside each study folder (and MLflow artifacts).
+MERGED_DIR = "pareto-merged"
+
+
+def _log_to_mlflow(study: Study, files: list[Path], artifact_path: str = "pareto") -> tuple[Optional[str], Optional[str]]:
     uri, run_id = study.meta.get("tracking_uri"), study.meta.get("parent_run_id")
     if not uri or not run_id:
         return None, "study.json names no MLflow tracking URI / parent run; artifacts not logged"
@@ -397,16 +401,21 @@ def _log_to_mlflow(study: Study, files: list[Path]) -> tuple[Optional[str], Opti
 
         client = MlflowClient(tracking_uri=uri)
         for f in files:
-            client.log_artifact(run_id, str(f), artifact_path="pareto")
+            client.log_artifact(run_id, str(f), artifact_path=artifact_path)
     except Exception as e:
         return None, f"could not log artifacts to MLflow run {run_id} at {uri} ({type(e).__name__}: {e})"
     return run_id, None
 
 
 def write_report(res: ParetoResult, out_dir: Optional[Path] = None, *, log_mlflow: bool = True) -> list[ReportFiles]:
-    """Write the report files of ``res`` into each study folder (or ``out_dir``) and log them to MLflow."""
+    """Write the report files of ``res`` into each study folder (or ``out_dir``) and log them to MLflow.
+
+    A merged analysis (several studies) goes to ``pareto-merged/`` in each study folder and in its
+    MLflow artifacts, so that each study keeps its own report (``pareto/``, the folder itself)."""
     importances = [(s.name, *parameter_importances(s, res.objectives)) for s in res.studies]
-    targets = [(Path(out_dir), None)] if out_dir is not None else [(s.path, s) for s in res.studies]
+    merged = MERGED_DIR if len(res.studies) > 1 else None
+    targets = ([(Path(out_dir), None)] if out_dir is not None
+               else [(s.path / merged if merged else s.path, s) for s in res.studies])
     written: list[ReportFiles] = []
     for folder, study in targets:
         folder.mkdir(parents=True, exist_ok=True)
@@ -446,7 +455,7 @@ def write_report(res: ParetoResult, out_dir: Optional[Path] = None, *, log_mlflo
         files.append(p)
         rf = ReportFiles(folder=folder, files=files, notes=notes)
         if log_mlflow and study is not None:
-            rf.logged_to, err = _log_to_mlflow(study, files)
+            rf.logged_to, err = _log_to_mlflow(study, files, merged or "pareto")
             if err:
                 rf.notes.append(err)
         written.append(rf)

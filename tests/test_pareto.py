@@ -192,6 +192,18 @@ def test_studies_of_one_dataset_merge_and_datasets_stay_apart(tmp_path):
     nd = brute_nondominated(to_minimisation(pts, [True, False]))
     expected = {k for k, keep in zip(keys, nd) if keep}
     assert set(zip(merged.front["study"], merged.front["trial_id"])) == expected
+    # on the command line each study keeps its own report; the merged one goes beside it
+    from click.testing import CliRunner
+
+    from sdsnn_search.cli import main
+
+    assert CliRunner().invoke(main, ["pareto", str(a), "--no-mlflow"]).exit_code == 0
+    own = (a / "report.md").read_text()
+    r = CliRunner().invoke(main, ["pareto", str(a), str(b), "--no-mlflow"])
+    assert r.exit_code == 0, r.output
+    assert (a / "report.md").read_text() == own and "`a`, `b`" not in own
+    for d in (a, b):
+        assert "Studies: `a`, `b`." in (d / "pareto-merged" / "report.md").read_text()
 
 
 def test_no_feasible_trial_gives_one_clear_line(tmp_path):
