@@ -140,6 +140,7 @@ def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
     # the study remembers its plugins: resuming needs no --plugin (it used to fail: unknown dataset)
     r = _cli(["resume", str(tmp_path / "res" / "bc")], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "the study has finished, nothing to resume" in r.stdout  # and no Ray started for nothing
     assert len(pd.read_csv(tmp_path / "res" / "bc" / "trials.csv")) == 3
     # ... unless its plugin file is gone: one line, exit 2
     (tmp_path / "ex" / "plugin_example.py").unlink()
