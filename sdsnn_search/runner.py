@@ -186,60 +186,6 @@ def _optuna_search_class():
     return StudySearch
 
 
-def _late_result_recorder_class():
-    from ray.tune import Callback
-
-    class LateResultRecorder(Callback):
-        """Tells Optuna the result of a trial it already holds as FAIL: a failed trial that
-        ``resume --retry-failed`` ran again (also when that retry was itself interrupted and a
-        later resume finished it).
-
-        The searcher never hears of it (Ray's concurrency limiter and OptunaSearch drop a second
-        completion of a trial), and Optuna cannot tell a finished trial twice; so a success joins
-        the study as a new trial with the same parameters and sampler bookkeeping (NSGA-II's
-        generation), which the sampler learns from.
-        """
-
-        def __init__(self, study_dir: str, study_name: str, spec: SearchSpec) -> None:
-            self.study_dir, self.study_name = study_dir, study_name
-            self.metrics = spec.metric_names()
-            self.attr_metrics = _attr_metrics(spec)
-            self.constraints = _constraints(spec)
-            self.total_epochs = spec.epochs
-            self._study = None
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {**self.__dict__, "_study": None}  # no database connection in Tune's state
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            result = trial.last_result or {}
-            if trial.config.get(BASELINE_KEY) or ended_status(result, self.total_epochs) != "completed":
-                return
-            values = _finite(result, self.metrics)
-            if len(values) < len(self.metrics):
-                return
-            import optuna
-
-            if self._study is None:
-                storage = optuna.storages.RDBStorage(f"sqlite:///{Path(self.study_dir) / 'optuna.db'}",
-                                                     engine_kwargs={"connect_args": {"timeout": 60}})
-                self._study = optuna.load_study(study_name=self.study_name, storage=storage)
-            told = [t for t in self._study.get_trials(deepcopy=False)
-                    if t.user_attrs.get("ray_trial_id") == trial.trial_id]
-            if not told or not all(t.state == optuna.trial.TrialState.FAIL for t in told):
-                return  # a first completion (the searcher tells it), or recorded already
-            failed = told[0]
-            kept = {k: v for k, v in failed.user_attrs.items() if k != "interrupted"}
-            self._study.add_trial(optuna.trial.create_trial(
-                params=failed.params, distributions=failed.distributions,
-                values=[values[m] for m in self.metrics],
-                user_attrs={**kept, **_finite(result, self.attr_metrics), "retry_of_number": failed.number},
-                system_attrs={k: v for k, v in failed.system_attrs.items() if not k.startswith("constraints")},
-                constraints=self.constraints.values(result) if self.constraints else None))
-
-    return LateResultRecorder
-
-
 # ------------------------------------------------------------------ trials table
 def _atomic_df(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -770,39 +716,64 @@ def _quiet_tune() -> None:
             log.addFilter(_DropLines(*fragments))
 
 
-def _tell_missed_completions(study_dir: Path, study_name: str, spec: SearchSpec, df: pd.DataFrame) -> None:
-    """Tell Optuna the completed search trials it still holds as RUNNING, from the trials table.
+def _optuna_storage(study_dir: Path):
+    """The study's Optuna storage (SQLite in the study folder; waits up to 60 s for a lock)."""
+    import optuna
 
-    A trial that ends just as a Ctrl-C stops the study can be marked finished by Ray without its
-    completion reaching the searcher (seen in 2 of 8 runs of the Ctrl-C test here); the table
-    has its final metrics, so Optuna gets them here (with the constraints and user attributes the
-    searcher would have recorded)."""
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(study_dir) / 'optuna.db'}",
+                                      engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def _tell_missed_completions(study_dir: Path, study_name: str, spec: SearchSpec, df: pd.DataFrame) -> None:
+    """Give Optuna, from the trials table, the completed search trials the searcher never told it.
+
+    Run at the end of every run and resume; two cases, both with the constraints and user
+    attributes the searcher would have recorded:
+
+    - still RUNNING in Optuna: a trial that ends just as a Ctrl-C stops the study can be marked
+      finished by Ray without its completion reaching the searcher (seen in 2 of 8 runs of the
+      Ctrl-C test here): it is told now;
+    - FAIL in Optuna: a failed trial that ``resume --retry-failed`` ran again (Ray's concurrency
+      limiter and OptunaSearch drop a second completion of a trial, and Optuna cannot tell a
+      finished trial twice): its result joins the study as a new trial with the same parameters
+      and sampler bookkeeping (NSGA-II's generation), user attribute ``retry_of_number``.
+    """
     done = df[(df["status"] == "completed") & ~df["is_baseline"].astype(bool)] if len(df) else df
     if not len(done):
         return
     import optuna
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}",
-                                         engine_kwargs={"connect_args": {"timeout": 60}})
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=_optuna_storage(study_dir))
     except KeyError:  # no searched trial was ever asked
         return
-    running = {t.user_attrs.get("ray_trial_id"): t
-               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-    metrics, attrs, cons = spec.metric_names(), _attr_metrics(spec), _constraints(spec)
+    told: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        told.setdefault(t.user_attrs.get("ray_trial_id"), []).append(t)
+    metrics, attr_keys, cons = spec.metric_names(), _attr_metrics(spec), _constraints(spec)
+    State = optuna.trial.TrialState
     for _, row in done.iterrows():
-        frozen = running.get(str(row["trial_id"]))
+        mine = told.get(str(row["trial_id"]), [])
         result = row.to_dict()
         values = _finite(result, metrics)
-        if frozen is None or len(values) < len(metrics):
+        if not mine or len(values) < len(metrics):
             continue
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        for k, v in _finite(result, attrs).items():
-            trial.set_user_attr(k, v)
-        for k, v in (cons.values(result) if cons else {}).items():
-            trial.set_constraint(k, v)
-        study.tell(trial, [values[m] for m in metrics])
+        attrs, constraints = _finite(result, attr_keys), (cons.values(result) if cons else {})
+        if len(mine) == 1 and mine[0].state == State.RUNNING:
+            trial = optuna.trial.Trial(study, mine[0]._trial_id)
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            for k, v in constraints.items():
+                trial.set_constraint(k, v)
+            study.tell(trial, [values[m] for m in metrics])
+        elif all(t.state == State.FAIL for t in mine):
+            failed = mine[0]
+            kept = {k: v for k, v in failed.user_attrs.items() if k != "interrupted"}
+            study.add_trial(optuna.trial.create_trial(
+                params=failed.params, distributions=failed.distributions, values=[values[m] for m in metrics],
+                user_attrs={**kept, **attrs, "retry_of_number": failed.number},
+                system_attrs={k: v for k, v in failed.system_attrs.items() if not k.startswith("constraints")},
+                constraints=constraints or None))
 
 
 def _close_dangling_optuna_trials(study_dir: Path, study_name: str) -> None:
@@ -810,7 +781,7 @@ def _close_dangling_optuna_trials(study_dir: Path, study_name: str) -> None:
     import optuna
 
     try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+        storage = _optuna_storage(study_dir)
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception:  # no study yet (e.g. only the baseline ran)
         return
@@ -888,17 +859,14 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     table = _table_callback_class()(str(study_dir), spec.to_dict(), spec.base_config(), tracker,
                                     total_epochs=spec.epochs)
     view = ProgressView(spec, study_dir, enabled=progress)
-    late = _late_result_recorder_class()(str(study_dir), info["name"], spec)
     _quiet_tune()  # before Tuner.restore, which reads the trials' results (and warns of the unstarted)
     if restore:
         # callbacks come back from the pickled Tuner; fresh ones are passed through the run config
         tuner = tune.Tuner.restore(ray_path, trainable=fn, resume_unfinished=True, resume_errored=retry_failed)
         rc = tuner._local_tuner.get_run_config()
-        rc.callbacks = [tracker, table, view, late]
+        rc.callbacks = [tracker, table, view]
     else:
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{study_dir / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 60}}
-        )
+        storage = _optuna_storage(study_dir)
         searcher = _optuna_search_class()(
             space=optuna_space(spec), metric=spec.metric_names(), mode=spec.modes(),
             sampler=make_sampler(spec), storage=storage, study_name=info["name"],
@@ -923,7 +891,7 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(
-                name=RAY_DIR, storage_path=str(study_dir), callbacks=[tracker, table, view, late],
+                name=RAY_DIR, storage_path=str(study_dir), callbacks=[tracker, table, view],
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=0,
