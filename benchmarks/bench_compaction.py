@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdsnn import build_model, compact, count_operations  # noqa: E402
+from sdsnn import build_model, compact, count_operations, native  # noqa: E402
 from sdsnn.config import EnergyConfig, ModelConfig  # noqa: E402
 from sdsnn.models import SpikingNet  # noqa: E402
 from sdsnn.structure import LayerMask, apply_masks  # noqa: E402
@@ -135,19 +135,40 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
         with torch.no_grad():
             assert torch.equal(p.predict(batches[0]).argmax(1), dense.predict(batches[0]).argmax(1))
 
-    # warm-up, then interleaved repeats so that background load hits both alike
-    time_model(dense, batches[:1])
-    time_model(small, batches[:1])
-    for p in padded.values():
-        time_model(p, batches[:1])
-    t_dense, t_small, t_pad = [], [], {m: [] for m in padded}
-    for _ in range(a.repeats):
-        t_dense.append(time_model(dense, batches))
-        t_small.append(time_model(small, batches))
+    # the neuron kernels: native (fused C, the default where it builds) and torch's; same spikes
+    engines = ["native", "torch"] if a.native_available else ["torch"]
+    if a.native_available:
+        with torch.no_grad():
+            native.set_enabled(False)
+            ref = [dense.predict(x) for x in batches]
+            native.set_enabled(True)
+            assert all(torch.equal(r, dense.predict(x)) for r, x in zip(ref, batches)), \
+                "native and torch neuron kernels disagree"
+
+    # warm-up, then interleaved repeats so that background load hits all alike
+    t_dense, t_small = {e: [] for e in engines}, {e: [] for e in engines}
+    t_pad = {m: [] for m in padded}
+    for rep in range(a.repeats + 1):
+        for e in engines:
+            native.set_enabled(e == "native")
+            for net, acc in ((dense, t_dense[e]), (small, t_small[e])):
+                t = time_model(net, batches[:1] if rep == 0 else batches)
+                if rep:
+                    acc.append(t)
+        native.set_enabled(engines[0] == "native")
         for m, p in padded.items():
-            t_pad[m].append(time_model(p, batches))
+            t = time_model(p, batches[:1] if rep == 0 else batches)
+            if rep:
+                t_pad[m].append(t)
+    per_engine = {}
+    for e in engines:
+        r = statistics.median(s_ / d_ for s_, d_ in zip(t_small[e], t_dense[e]))
+        per_engine[e] = {"dense_time_s": statistics.median(t_dense[e]),
+                         "compact_time_s": statistics.median(t_small[e]), "time_ratio": r}
+    e0 = engines[0]
+    t_dense, t_small = t_dense[e0], t_small[e0]
     td, ts = statistics.median(t_dense), statistics.median(t_small)
-    time_ratio = statistics.median(s_ / d_ for s_, d_ in zip(t_small, t_dense))
+    time_ratio = per_engine[e0]["time_ratio"]
 
     macs_d, neur_d = exec_counts(dense, batches[0])
     macs_s, neur_s = exec_counts(small, batches[0])
@@ -176,6 +197,9 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
         "neuron_update_ratio": neur_s / neur_d,
         "time_over_op_ratio": time_ratio / op_ratio,
         "target_met": time_ratio <= 1.25 * op_ratio,
+        "neuron_kernels": e0,
+        "engines": {e: {**v, "time_over_op_ratio": v["time_ratio"] / op_ratio,
+                        "target_met": v["time_ratio"] <= 1.25 * op_ratio} for e, v in per_engine.items()},
         "energy_dense_arch_pj": rep_d.dense_energy_pj,
         "energy_masked_pj": rep_d.energy_pj,
         "energy_compact_pj": rep_s.energy_pj,
@@ -220,7 +244,11 @@ def _line(r: dict) -> str:
         f"compaction {r['case']}: widths {r['dense_widths']} -> {r['compact_widths']}; "
         f"time {r['dense_time_s'] * 1e3:.0f} -> {r['compact_time_s'] * 1e3:.0f} ms (ratio {r['time_ratio']:.3f}); "
         f"MAC ratio {r['op_ratio']:.3f}; neuron-update ratio {r['neuron_update_ratio']:.3f}; "
-        f"time/op {r['time_over_op_ratio']:.2f} ({'met' if r['target_met'] else 'NOT met'}); "
+        f"time/op {r['time_over_op_ratio']:.2f} ({'met' if r['target_met'] else 'NOT met'}, "
+        f"{r['neuron_kernels']} neuron kernels"
+        + "".join(f"; {e} kernels: {v['dense_time_s'] * 1e3:.0f} -> {v['compact_time_s'] * 1e3:.0f} ms, "
+                  f"time/op {v['time_over_op_ratio']:.2f}" for e, v in r["engines"].items() if e != r["neuron_kernels"])
+        + "); "
         f"outputs equal {r['outputs_equal']} (max diff {r['outputs_max_abs_diff']:.1e}, predictions equal "
         f"{r['predictions_equal']})"
         + "".join(f"; padded to x{m}: widths {p['widths']}, time ratio {p['time_ratio']:.3f}, "
@@ -252,6 +280,8 @@ def main(argv=None) -> dict:
     if any(m < 1 for m in a.pad_to):
         ap.error("--pad-to: multiples must be whole numbers >= 1")
     torch.set_num_threads(a.threads)
+    a.native_available = native.load() is not None
+    print(f"compaction: native neuron kernels: {native.status()}", flush=True)
     if a.chunk_mib is not None:
         SpikingNet.inference_chunk_bytes = int(a.chunk_mib * (1 << 20))
 
@@ -279,6 +309,7 @@ def main(argv=None) -> dict:
         "repeats": a.repeats,
         "threads": a.threads,
         "inference_chunk_bytes": SpikingNet.inference_chunk_bytes,
+        "native_kernels": native.status(),
         "cases": cases,
         "all_met": all(c["target_met"] for c in cases),
         "torch": torch.__version__,

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sysconfig
 from pathlib import Path
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from torch import nn
 from torch.func import functional_call
 from spikingjelly.activation_based import base as sj_base, layer as sj_layer, neuron as sj_neuron, surrogate
 
+from . import native
 from .config import ModelConfig
 from .errors import ConfigError
 from .structure import LayerInfo
@@ -69,7 +69,7 @@ def choose_cuda_neuron_kernels() -> None:
     spikingjelly's pure-torch kernels instead (slower, same arithmetic). Called at import, before
     spikingjelly reads the variables (at its first neuron step); a value you set yourself wins.
     No effect on the CPU, which always runs the torch kernels."""
-    compiler = any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "gcc", "clang") if c)
+    compiler = native.find_compiler() is not None
     headers = Path(sysconfig.get_paths()["include"], "Python.h").is_file()
     if not (compiler and headers):
         for var in SPIKINGJELLY_KERNEL_VARIABLES:
@@ -240,6 +240,43 @@ def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor, keep_state: bool = Tr
     return out
 
 
+def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
+                ws: Optional[Workspace] = None) -> tuple[Optional[torch.Tensor], bool]:
+    """Stateless inference of the neuron layer (then the 2x2 max-pool, when ``pool`` and ``y`` is
+    channels-last) by the fused C kernels of :mod:`sdsnn.native`: ``(spikes, pooled)``, or
+    ``(None, False)`` when they do not apply (not built, neuron not at rest, unusual layout), and
+    the caller takes :func:`_lif_inference`.  Same spikes bit for bit; the final potential is not
+    kept.  Outputs may come from the workspace ``ws``."""
+    v = neuron.v
+    if isinstance(v, torch.Tensor) or float(v) != 0.0 or y.dim() < 3 or y.shape[1] == 0:
+        return None, False
+    step = y[0]
+    cl = step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last)
+    if not (cl or step.is_contiguous()):
+        return None, False
+    lib = native.load()
+    if lib is None:
+        return None, False
+    if isinstance(neuron, sj_neuron.ParametricLIFNode):
+        mode, k = 1, float(neuron.w.detach().float().sigmoid())
+    else:
+        mode, k = 0, float(torch.tensor(float(neuron.tau), dtype=torch.float32))
+    thr = float(torch.tensor(float(neuron.v_threshold), dtype=torch.float32))
+    threads = torch.get_num_threads()
+    T, n = y.shape[0], y.shape[1]
+    if pool and cl and step.shape[2] >= 2 and step.shape[3] >= 2:
+        c, h, w = step.shape[1:]
+        out = _reuse(ws, "native_pool", step,
+                     lambda: y.new_empty((T, n, h // 2, w // 2, c))).permute(0, 1, 4, 2, 3)
+        native.lif_pool_seq(lib, y, out, mode, k, thr, threads)
+        return out, True
+    out = _empty_sequence_like(y, ws)
+    if out[0].stride() != step.stride():
+        return None, False
+    native.lif_seq(lib, y, out, mode, k, thr, threads)
+    return out, False
+
+
 def _conv_1ch_channels_last(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
                             bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``conv`` (with these weight and bias) applied to a 1-channel ``[N, 1, H, W]`` input as one
@@ -381,11 +418,16 @@ class SpikingBlock(nn.Module):
         else:
             y = self._analog(x.flatten(0, 1))
             y = y.reshape((T, B) + tuple(y.shape[1:]))
+        pooled = False
         if _fast_path_ok(self.neuron, y):
-            s = _lif_inference(self.neuron, y, keep_state, ws)
+            s = None
+            if not keep_state:
+                s, pooled = _lif_native(self.neuron, y, self.pool is not None and not self.training, ws)
+            if s is None:
+                s = _lif_inference(self.neuron, y, keep_state, ws)
         else:
             s = self.neuron(y)
-        if self.pool is not None:
+        if self.pool is not None and not pooled:
             s = s.flatten(0, 1)
             if not self.training and s.is_contiguous(memory_format=torch.channels_last):
                 s = _max_pool2x2_channels_last(s, ws)  # eval mode: the same values, faster

@@ -1,0 +1,184 @@
+"""The fused C neuron kernels of sdsnn.native: the same spikes as the torch route, bit for bit, in
+every layout inference produces; a clean fall-back to torch when they cannot be built."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import neuron as sj_neuron
+
+from sdsnn import build_model, native
+from sdsnn.compact import compact
+from sdsnn.config import ModelConfig
+from sdsnn.models import _lif_inference, _lif_native
+
+from test_models import SMALL
+
+
+@pytest.fixture(autouse=True)
+def _native_default():
+    yield
+    native.set_enabled(None)  # back to the SDSNN_NATIVE decision for the other tests
+
+
+def _lib():
+    if native.find_compiler() is None:
+        pytest.skip("no C compiler on this machine: the native kernels cannot be built here")
+    native.set_enabled(True)
+    lib = native.load()
+    assert lib is not None, native.status()  # a compiler is there, so the build must work
+    return lib
+
+
+def _neuron(kind, tau, thr):
+    if kind == "plif":
+        n = sj_neuron.ParametricLIFNode(init_tau=tau, v_threshold=thr, v_reset=0.0, step_mode="m")
+        with torch.no_grad():
+            n.w.fill_(0.37)
+        return n
+    return sj_neuron.LIFNode(tau=tau, v_threshold=thr, v_reset=0.0, step_mode="m")
+
+
+def _inputs(shape, gen, on=0.6):
+    """Synaptic input with values ``on`` (with tau 2 the first step lands exactly on a threshold
+    of on / 2), far above and below the threshold, zeros, and non-finite entries."""
+    x = torch.randn(shape, generator=gen) * 1.5
+    flat = x.view(-1)
+    flat[::7] = on
+    flat[::11] = 0.0
+    flat[::13] = -4.0
+    flat[5] = float("inf")
+    flat[9] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("kind,tau,thr", [("lif", 2.0, 1.0), ("lif", 2.0, 0.3), ("lif", 1.7, 0.3),
+                                          ("plif", 2.0, 0.3)])
+@pytest.mark.parametrize("T", [1, 4])
+def test_flat_kernel_equals_the_torch_route(kind, tau, thr, T):
+    _lib()
+    gen = torch.Generator().manual_seed(1)
+    n = _neuron(kind, tau, thr)
+    on = 2 * thr
+    cases = {
+        "fc": _inputs((T, 7, 33), gen, on),
+        "conv channels-last": _inputs((T * 5, 6, 5, 3), gen, on).contiguous(memory_format=torch.channels_last)
+        .view(T, 5, 6, 5, 3),
+        "conv contiguous": _inputs((T, 5, 6, 5, 3), gen, on),
+        "static (stride 0 over T)": _inputs((5, 33), gen, on).unsqueeze(0).expand(T, 5, 33),
+    }
+    if kind == "lif" and tau == 2.0:  # some neurons reach the threshold exactly: >= against >
+        assert all(bool((y[0] / torch.tensor(tau) == torch.tensor(thr)).any()) for y in cases.values())
+    with torch.no_grad():
+        for name, y in cases.items():
+            ref = _lif_inference(n, y, keep_state=False)
+            got, pooled = _lif_native(n, y, pool=False)
+            assert got is not None and not pooled, name
+            assert got.stride() == ref.stride(), name
+            assert torch.equal(got, ref), name
+            assert torch.equal(got, n(y.contiguous())), name  # spikingjelly's own kernel
+            n.reset()
+            assert 0 < float(got.mean()) < 1, name
+
+
+@pytest.mark.parametrize("kind", ["lif", "plif"])
+@pytest.mark.parametrize("hw", [(6, 4), (7, 5), (2, 3)])
+def test_fused_pool_kernel_equals_neuron_then_max_pool(kind, hw):
+    """LIF + 2x2 max-pool in one pass, odd edges dropped as max_pool2d drops them; split over
+    more threads than samples as well as fewer."""
+    _lib()
+    gen = torch.Generator().manual_seed(2)
+    n = _neuron(kind, 2.0, 0.3)
+    T, B, C = 3, 5, 19
+    y = _inputs((T * B, C) + hw, gen, 0.6).contiguous(memory_format=torch.channels_last).view(T, B, C, *hw)
+    with torch.no_grad():
+        ref = F.max_pool2d(_lif_inference(n, y, keep_state=False).flatten(0, 1), 2)
+        for threads in (1, 2, 8):
+            torch.set_num_threads(threads)
+            try:
+                got, pooled = _lif_native(n, y, pool=True)
+            finally:
+                torch.set_num_threads(1)
+            assert pooled and got.shape == (T, B, C, hw[0] // 2, hw[1] // 2)
+            assert got.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(got.flatten(0, 1), ref)
+
+
+def test_kernels_only_run_from_rest():
+    _lib()
+    n = _neuron("lif", 2.0, 0.5)
+    y = torch.rand(2, 3, 8)
+    n.v = torch.full((3, 8), 0.25)  # a state carried over: the torch route handles it
+    assert _lif_native(n, y, pool=False) == (None, False)
+
+
+@pytest.mark.parametrize("name,neuron", [("convnet", "lif"), ("dvs_convnet", "lif"), ("mlp", "plif"),
+                                         ("convnet", "plif")])
+def test_predict_and_compaction_are_unchanged_by_the_native_kernels(name, neuron):
+    """Whole networks: predict() and firing rates with the native kernels equal those of the torch
+    route, and the compacted network still gives the masked network's outputs exactly."""
+    _lib()
+    torch.manual_seed(3)
+    kw, shape = SMALL[name]
+    m = build_model(ModelConfig(name=name, neuron=neuron, v_threshold=0.1, **kw), shape, 4).eval()
+    m.record_firing = True
+    x = torch.rand(4, 9, *shape)
+    with torch.no_grad():
+        native.set_enabled(False)
+        ref, ref_rates = m.predict(x), m.firing_rates()
+        native.set_enabled(True)
+        got, rates = m.predict(x), m.firing_rates()
+    assert torch.equal(got, ref) and rates == ref_rates and sum(rates.values()) > 0
+
+    from test_compact import _random_masks
+    from sdsnn.structure import apply_masks
+
+    masks = _random_masks(m, torch.Generator().manual_seed(5))
+    apply_masks(m.prunable_layers(), masks)
+    small = compact(m, masks).eval()
+    with torch.no_grad():
+        assert torch.equal(small.predict(x), m.predict(x))
+
+
+def test_no_compiler_falls_back_to_torch(monkeypatch):
+    monkeypatch.setattr(native, "find_compiler", lambda: None)
+    native.set_enabled(None)
+    assert native.load() is None
+    assert "no C compiler" in native.status()
+    torch.manual_seed(0)
+    kw, shape = SMALL["convnet"]
+    m = build_model(ModelConfig(name="convnet", v_threshold=0.1, **kw), shape, 4).eval()
+    with torch.no_grad():
+        y = m.predict(torch.rand(2, 3, *shape))
+    assert y.shape == (3, 4)
+
+
+def test_a_failing_build_warns_once_and_falls_back(monkeypatch, tmp_path, caplog):
+    """A compiler that fails: one warning, nothing left in the cache, torch kernels used."""
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'cc: error: no such option' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("SDSNN_NATIVE_CACHE", str(tmp_path / "cache"))
+    native.set_enabled(None)
+    with caplog.at_level(logging.WARNING, logger="sdsnn.native"):
+        assert native.load() is None
+        assert native.load() is None
+    assert "build failed" in native.status() and "no such option" in native.status()
+    assert len([r for r in caplog.records if r.name == "sdsnn.native"]) == 1
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_switch_off_and_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDSNN_NATIVE", "0")
+    native.set_enabled(None)
+    assert native.load() is None and "switched off" in native.status()
+    monkeypatch.delenv("SDSNN_NATIVE")
+    monkeypatch.setenv("SDSNN_NATIVE_CACHE", str(tmp_path))
+    _lib()
+    built = list(tmp_path.glob("lif-*.so"))
+    assert len(built) == 1 and str(built[0]) in native.status()
+    native.set_enabled(None)  # a second process finds the library in the cache: no rebuild
+    mtime = built[0].stat().st_mtime_ns
+    assert native.load() is not None and built[0].stat().st_mtime_ns == mtime
