@@ -278,7 +278,7 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
 
 
 def _conv_1ch_channels_last(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
-                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+                            bias: Optional[torch.Tensor], ws: Optional[Workspace] = None) -> torch.Tensor:
     """``conv`` (with these weight and bias) applied to a 1-channel ``[N, 1, H, W]`` input as one
     batched GEMM over its kernel-sized patches; the output is channels-last.
 
@@ -295,7 +295,14 @@ def _conv_1ch_channels_last(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tens
     )
     c_out = weight.shape[0]
     w_t = weight.reshape(c_out, -1).t().unsqueeze(0).expand(n, -1, -1)  # [N, kh*kw, C]
-    if bias is None:
+    if ws is not None and not torch.is_grad_enabled():  # the previous chunk's output buffer
+        y = _reuse(ws, "conv1ch", x, lambda: x.new_empty((n, oh * ow, c_out)))
+        if bias is None:
+            torch.bmm(cols.transpose(1, 2), w_t, out=y)
+        else:
+            y.copy_(bias.reshape(1, 1, c_out).expand_as(y))
+            torch.baddbmm(y, cols.transpose(1, 2), w_t, out=y)
+    elif bias is None:
         y = torch.bmm(cols.transpose(1, 2), w_t)
     else:
         y = torch.baddbmm(bias.reshape(1, 1, c_out), cols.transpose(1, 2), w_t)
@@ -377,7 +384,7 @@ class SpikingBlock(nn.Module):
             b = b + n.bias
         return {"weight": w * s.reshape((-1,) + (1,) * (w.dim() - 1)), "bias": b}
 
-    def _analog(self, x: torch.Tensor) -> torch.Tensor:
+    def _analog(self, x: torch.Tensor, ws: Optional[Workspace] = None) -> torch.Tensor:
         """Weight layer + BN on a [N, ...] tensor (N = T*B, or B for a static input)."""
         folded = self._folded_params()
         if not self.training and _gemm_conv_ok(self.layer, x):
@@ -385,7 +392,7 @@ class SpikingBlock(nn.Module):
                 folded = {"weight": self.layer.weight, "bias": self.layer.bias}
                 if self.norm is not None:  # BN without running statistics: after the conv
                     return self.norm(_conv_1ch_channels_last(self.layer, x, **folded))
-            return _conv_1ch_channels_last(self.layer, x, **folded)
+            return _conv_1ch_channels_last(self.layer, x, **folded, ws=ws)
         if not self.training and x.dim() == 4 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         if folded is not None:
@@ -413,10 +420,10 @@ class SpikingBlock(nn.Module):
         if static:
             # Every time step carries the same tensor: the affine layer (and BN, which sees the
             # same batch statistics as for T copies) runs once and is broadcast over T.
-            y = self._analog(x[0])
+            y = self._analog(x[0], ws)
             y = y.unsqueeze(0).expand((T,) + tuple(y.shape))
         else:
-            y = self._analog(x.flatten(0, 1))
+            y = self._analog(x.flatten(0, 1), ws)
             y = y.reshape((T, B) + tuple(y.shape[1:]))
         pooled = False
         if _fast_path_ok(self.neuron, y):
