@@ -262,8 +262,9 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
     else:
         mode, k = 0, float(torch.tensor(float(neuron.tau), dtype=torch.float32))
     thr = float(torch.tensor(float(neuron.v_threshold), dtype=torch.float32))
-    threads = torch.get_num_threads()
     T, n = y.shape[0], y.shape[1]
+    # a thread per 64k neuron updates at least: starting threads costs more than tiny slices gain
+    threads = max(1, min(torch.get_num_threads(), T * step.numel() >> 16))
     if pool and cl and step.shape[2] >= 2 and step.shape[3] >= 2:
         c, h, w = step.shape[1:]
         out = _reuse(ws, "native_pool", step,

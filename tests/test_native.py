@@ -87,22 +87,26 @@ def test_flat_kernel_equals_the_torch_route(kind, tau, thr, T):
 def test_fused_pool_kernel_equals_neuron_then_max_pool(kind, hw):
     """LIF + 2x2 max-pool in one pass, odd edges dropped as max_pool2d drops them; split over
     more threads than samples as well as fewer."""
-    _lib()
+    lib = _lib()
     gen = torch.Generator().manual_seed(2)
     n = _neuron(kind, 2.0, 0.3)
     T, B, C = 3, 5, 19
     y = _inputs((T * B, C) + hw, gen, 0.6).contiguous(memory_format=torch.channels_last).view(T, B, C, *hw)
     with torch.no_grad():
         ref = F.max_pool2d(_lif_inference(n, y, keep_state=False).flatten(0, 1), 2)
-        for threads in (1, 2, 8):
-            torch.set_num_threads(threads)
-            try:
-                got, pooled = _lif_native(n, y, pool=True)
-            finally:
-                torch.set_num_threads(1)
-            assert pooled and got.shape == (T, B, C, hw[0] // 2, hw[1] // 2)
-            assert got.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
-            assert torch.equal(got.flatten(0, 1), ref)
+        got, pooled = _lif_native(n, y, pool=True)
+    assert pooled and got.shape == (T, B, C, hw[0] // 2, hw[1] // 2)
+    assert got.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.flatten(0, 1), ref)
+    # the batch split over threads: more threads than samples, and fewer
+    mode, k = (1, float(n.w.detach().sigmoid())) if kind == "plif" else (0, 2.0)
+    for threads in (2, 3, 8):
+        out = torch.full_like(got, -1.0)
+        native.lif_pool_seq(lib, y, out, mode, k, 0.3, threads)
+        assert torch.equal(out, got), threads
+        flat = torch.full_like(y, -1.0)
+        native.lif_seq(lib, y, flat, mode, k, 0.3, threads)
+        assert torch.equal(flat, _lif_inference(n, y, keep_state=False)), threads
 
 
 def test_kernels_only_run_from_rest():
