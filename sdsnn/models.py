@@ -248,7 +248,8 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
     the caller takes :func:`_lif_inference`.  Same spikes bit for bit; the final potential is not
     kept.  Outputs may come from the workspace ``ws``."""
     v = neuron.v
-    if isinstance(v, torch.Tensor) or float(v) != 0.0 or y.dim() < 3 or y.shape[1] == 0:
+    if (isinstance(v, torch.Tensor) or float(v) != 0.0 or y.dim() < 3 or y.shape[1] == 0
+            or y.dtype != torch.float32 or y.device.type != "cpu"):
         return None, False
     step = y[0]
     cl = step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last)

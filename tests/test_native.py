@@ -2,6 +2,9 @@
 every layout inference produces; a clean fall-back to torch when they cannot be built."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -54,7 +57,9 @@ def _inputs(shape, gen, on=0.6):
 
 
 @pytest.mark.parametrize("kind,tau,thr", [("lif", 2.0, 1.0), ("lif", 2.0, 0.3), ("lif", 1.7, 0.3),
-                                          ("plif", 2.0, 0.3)])
+                                          ("plif", 2.0, 0.3),
+                                          # float32(0.7) < 0.7: tells a float32 comparison from a float64 one
+                                          ("lif", 2.0, 0.7)])
 @pytest.mark.parametrize("T", [1, 4])
 def test_flat_kernel_equals_the_torch_route(kind, tau, thr, T):
     _lib()
@@ -107,6 +112,34 @@ def test_fused_pool_kernel_equals_neuron_then_max_pool(kind, hw):
         flat = torch.full_like(y, -1.0)
         native.lif_seq(lib, y, flat, mode, k, 0.3, threads)
         assert torch.equal(flat, _lif_inference(n, y, keep_state=False)), threads
+
+
+def test_layouts_the_kernels_cannot_take_are_declined():
+    """Anything but dense float32 CPU time steps goes to the torch route; the wrappers refuse
+    mismatched buffers instead of writing past them; an empty batch is no work."""
+    lib = _lib()
+    n = _neuron("lif", 2.0, 0.5)
+    base = torch.rand(2, 4, 6, 5, 5)
+    declined = {
+        "batch expanded (stride 0)": torch.rand(2, 1, 6, 5, 5).expand(2, 4, 6, 5, 5),
+        "channel slice": base[:, :, :3],
+        "spatially transposed": base.transpose(3, 4),
+        "float64": base.double(),
+        "every second sample": base[:, ::2],
+    }
+    with torch.no_grad():
+        for name, y in declined.items():
+            assert _lif_native(n, y, pool=True) == (None, False), name
+            assert _lif_native(n, y, pool=False) == (None, False), name
+    with pytest.raises(ValueError):
+        native.lif_seq(lib, base, torch.empty(2, 4, 6, 5, 4), 0, 2.0, 0.5, 1)
+    with pytest.raises(ValueError):
+        native.lif_seq(lib, base, torch.empty_like(base, dtype=torch.float64), 0, 2.0, 0.5, 1)
+    with pytest.raises(ValueError):  # not channels-last
+        native.lif_pool_seq(lib, base, torch.empty(2, 4, 6, 2, 2), 0, 2.0, 0.5, 1)
+    empty = torch.rand(2, 0, 6)
+    out = torch.empty_like(empty)
+    native.lif_seq(lib, empty, out, 0, 2.0, 0.5, 4)  # N = 0: returns, touches nothing
 
 
 def test_kernels_only_run_from_rest():
@@ -186,3 +219,54 @@ def test_switch_off_and_cache(monkeypatch, tmp_path):
     native.set_enabled(None)  # a second process finds the library in the cache: no rebuild
     mtime = built[0].stat().st_mtime_ns
     assert native.load() is not None and built[0].stat().st_mtime_ns == mtime
+
+
+def _fake_cc(tmp_path, body):
+    fake = tmp_path / "fakecc"
+    fake.write_text("#!/bin/sh\n" + body + "\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_a_broken_cached_library_is_rebuilt_and_the_build_is_readable_by_all(monkeypatch, tmp_path):
+    _lib()
+    monkeypatch.setenv("SDSNN_NATIVE_CACHE", str(tmp_path))
+    # built by another process (this one must not have the file mapped when it is overwritten)
+    subprocess.run([sys.executable, "-c", "import sdsnn.native as n; assert n.load() is not None, n.status()"],
+                   check=True, env=os.environ.copy())
+    (built,) = tmp_path.glob("lif-*.so")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert built.stat().st_mode & 0o777 == 0o755 & ~umask  # not mkstemp's private 0600
+    built.unlink()
+    built.write_bytes(b"not a shared library")  # a truncated or foreign file
+    native.set_enabled(None)
+    assert native.load() is not None, native.status()
+    assert built.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_compiler_without_march_native_still_builds(monkeypatch, tmp_path):
+    real = native.find_compiler()
+    if real is None:
+        pytest.skip("no C compiler on this machine")
+    cc = _fake_cc(tmp_path, 'for a in "$@"; do [ "$a" = -march=native ] && { echo "unsupported option -march=native" >&2; '
+                            f'exit 1; }}; done; exec {real} "$@"')
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setenv("SDSNN_NATIVE_CACHE", str(tmp_path / "cache"))
+    native.set_enabled(None)
+    assert native.load() is not None, native.status()
+    assert len(list((tmp_path / "cache").glob("lif-*.so"))) == 1
+
+
+def test_a_compiler_that_changes_the_arithmetic_is_refused(monkeypatch, tmp_path, caplog):
+    """fast-math turns x / tau into x * (1 / tau): other spikes. The load-time self-test catches
+    it and inference stays on the torch route."""
+    real = native.find_compiler()
+    if real is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setenv("CC", _fake_cc(tmp_path, f'exec {real} "$@" -ffast-math -ffp-contract=fast'))
+    monkeypatch.setenv("SDSNN_NATIVE_CACHE", str(tmp_path / "cache"))
+    native.set_enabled(None)
+    with caplog.at_level(logging.WARNING, logger="sdsnn.native"):
+        assert native.load() is None
+    assert "self-test" in native.status()

@@ -3,14 +3,16 @@
 ``lif.c`` holds fused multi-step LIF/PLIF neurons (and LIF + 2x2 max-pool) for stateless CPU
 inference (:meth:`sdsnn.SpikingNet.predict`): one pass over a layer's input instead of the four or
 five element-wise passes of the torch route, with the same float arithmetic, so the spikes are
-bit-identical (tests/test_native.py).  They make inference faster for every network and bring a
-compacted network's time closer to its operation count, since per-neuron work is a large share of
-a narrow network's time (benchmarks/bench_compaction.py).
+bit-identical (tests/test_native.py).  They make inference faster (1.04-1.5x for the networks of
+benchmarks/bench_compaction.py) and bring a compacted network's time closer to its operation
+count, since per-neuron work is a large share of a narrow network's time.
 
-The library is built once per machine and source version into ``$SDSNN_NATIVE_CACHE`` (default
-``~/.cache/sdsnn/native``) with ``$CC`` (or ``cc``/``gcc``/``clang``) and ``-march=native``; the
-build takes under a second.  Without a compiler, or with ``SDSNN_NATIVE=0``, everything runs on
-the torch kernels: same results, slower.  :func:`status` says which applies and why.
+The library is built once per machine, compiler and source version into ``$SDSNN_NATIVE_CACHE``
+(default ``$XDG_CACHE_HOME/sdsnn/native`` or ``~/.cache/sdsnn/native``) with ``$CC`` (or
+``cc``/``gcc``/``clang``) and ``-march=native`` (without it where the compiler refuses); the build
+takes under a second.  Before use it is checked against torch's arithmetic (:func:`_self_test`).
+Without a compiler, after a failed build or self-test, or with ``SDSNN_NATIVE=0``, everything
+runs on the torch kernels: same results, slower.  :func:`status` says which applies and why.
 Training never uses these kernels (no gradients).
 """
 
@@ -34,8 +36,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("lif.c")
 #: ``-ffp-contract=off``: no fused multiply-add, so every operation rounds as torch's kernels do.
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c99", "-pthread",
-         "-shared", "-fPIC")
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c99", "-pthread", "-shared", "-fPIC")
+#: tuned for the CPU it runs on first; without them where the compiler refuses (some clang versions)
+ARCH_FLAGS = (("-march=native",), ())
 #: environment variable: ``0`` (or ``off``/``false``) turns the native kernels off
 SWITCH = "SDSNN_NATIVE"
 
@@ -65,37 +68,57 @@ def find_compiler() -> Optional[str]:
 
 def _cpu_key() -> str:
     """What ``-march=native`` depends on: the CPU's feature flags (a cache shared by different
-    machines must not hand one machine another's build)."""
+    machines must not hand one machine another's build). Where they cannot be read, the host
+    name: each machine then builds its own."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
+            if line.lower().startswith(("flags", "features", "isa")):
                 return platform.machine() + line
     except OSError:
         pass
-    return platform.machine() + platform.processor()
+    return platform.machine() + platform.processor() + platform.node()
 
 
-def _build(cc: str) -> Path:
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cc.encode(), _cpu_key().encode()]))
-    out_dir = cache_dir()
-    lib = out_dir / f"lif-{key.hexdigest()[:16]}.so"
-    if lib.is_file():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # build beside the target, then rename: processes building at once (Ray workers) never see a
-    # half-written library
-    fd, tmp = tempfile.mkstemp(prefix=lib.stem + ".", suffix=".so.tmp", dir=out_dir)
+def _compile(cc: str, flags: tuple[str, ...], lib: Path) -> None:
+    """Build into a temporary file beside ``lib``, then rename: processes building at once (Ray
+    workers) never see a half-written library."""
+    fd, tmp = tempfile.mkstemp(prefix=lib.stem + ".", suffix=".so.tmp", dir=lib.parent)
     os.close(fd)
     try:
-        r = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)  # mkstemp makes it private: other users of the cache load it too
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return lib
+
+
+def _open(cc: str) -> tuple[ctypes.CDLL, Path]:
+    """Load the cached build for this compiler, flags and CPU, building it first when needed; a
+    cached file that does not load (truncated, foreign) is rebuilt once."""
+    src = SOURCE.read_bytes()
+    out_dir = cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for arch in ARCH_FLAGS:
+        flags = (*FLAGS, *arch)
+        key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), cc.encode(), _cpu_key().encode()]))
+        lib = out_dir / f"lif-{key.hexdigest()[:16]}.so"
+        try:
+            if lib.is_file():
+                try:
+                    return ctypes.CDLL(str(lib)), lib
+                except OSError:
+                    lib.unlink()
+            _compile(cc, flags, lib)
+            return ctypes.CDLL(str(lib)), lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            errors.append(str(e))
+    raise RuntimeError("; ".join(errors))
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -106,9 +129,45 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sdsnn_lif_pool_seq.restype = I
 
 
-def load() -> Optional[ctypes.CDLL]:
+def _self_test(lib: ctypes.CDLL) -> None:
+    """The library against torch's element-wise operations on awkward values (exactly on the
+    threshold, a non-dyadic tau, PLIF, inf, NaN), flat and pooled, on one and on three threads:
+    a compiler that fuses or reorders float operations (``$CC`` set to one with fast-math
+    defaults) must not silently change spikes."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 6, 6, generator=g) * 1.5  # [T, N, C, H, W]
+    x.view(-1)[::5] = 0.6
+    x.view(-1)[7], x.view(-1)[11] = float("inf"), float("nan")
+    x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
+    for mode, k, thr in ((0, 2.0, 0.3), (0, 1.7, 0.7), (1, 0.4378234, 0.3)):
+        kt, tt = torch.tensor(k), torch.tensor(thr)
+        v = None
+        ref = torch.empty_like(x)
+        for t in range(x.shape[0]):
+            if v is None:
+                h = x[t] * kt if mode else x[t] / kt
+            else:
+                h = (x[t] - v) * kt + v if mode else v + (x[t] - v) / kt
+            s = (h >= tt).float()
+            ref[t] = s
+            v = h - h * s
+        pooled = torch.nn.functional.max_pool2d(ref.flatten(0, 1), 2).view(3, 2, 4, 3, 3)
+        for threads in (1, 3):
+            out = torch.full_like(x, -1.0)
+            lif_seq(lib, x, out, mode, k, thr, threads)
+            got = x.new_full((3, 2, 3, 3, 4), -1.0).permute(0, 1, 4, 2, 3)
+            lif_pool_seq(lib, x, got, mode, k, thr, threads)
+            if not (torch.equal(out, ref) and torch.equal(got, pooled)):
+                raise RuntimeError(f"self-test: spikes differ from torch's (mode {mode}, tau/q {k}, "
+                                   f"threshold {thr}); is the compiler using fast-math?")
+
+
+def load(force: bool = False) -> Optional[ctypes.CDLL]:
     """The native library (built on first use), or None when it is switched off or cannot be
-    built; the reason is kept for :func:`status`.  Tried once per process."""
+    built; the reason is kept for :func:`status`.  Tried once per process.  ``force``: ignore
+    ``SDSNN_NATIVE``."""
     global _lib, _tried, _reason
     if _tried:
         return _lib
@@ -116,16 +175,16 @@ def load() -> Optional[ctypes.CDLL]:
         if _tried:
             return _lib
         try:
-            if os.environ.get(SWITCH, "1").strip().lower() in ("0", "off", "false", "no"):
+            if not force and os.environ.get(SWITCH, "1").strip().lower() in ("0", "off", "false", "no"):
                 _reason = f"switched off ({SWITCH}={os.environ[SWITCH]})"
             elif platform.system() == "Windows":
                 _reason = "not built on Windows"
             elif (cc := find_compiler()) is None:
                 _reason = "no C compiler found (set CC, or install gcc)"
             else:
-                path = _build(cc)
-                lib = ctypes.CDLL(str(path))
+                lib, path = _open(cc)
                 _declare(lib)
+                _self_test(lib)
                 _lib, _reason = lib, f"on ({path})"
         except Exception as e:  # any failure: fall back to the torch kernels, say why
             _lib, _reason = None, f"build failed: {e}"
@@ -138,23 +197,16 @@ def load() -> Optional[ctypes.CDLL]:
 
 
 def set_enabled(on: Optional[bool]) -> None:
-    """Turn the native kernels off (``False``) or on again (``True``: built if needed) for this
-    process; ``None`` goes back to the ``SDSNN_NATIVE`` variable.  For benchmarks that compare
-    both routes in one run."""
+    """Turn the native kernels off (``False``) or on again (``True``: built if needed, whatever
+    ``SDSNN_NATIVE`` says) for this process; ``None`` goes back to the ``SDSNN_NATIVE`` variable.
+    For benchmarks that compare both routes in one run."""
     global _lib, _tried, _reason
     with _lock:
         _lib, _tried, _reason = None, False, "not loaded yet"
-    if on is False:
-        with _lock:
+        if on is False:
             _tried, _reason = True, "switched off (set_enabled(False))"
-        return
     if on is True:
-        saved = os.environ.pop(SWITCH, None)
-        try:
-            load()
-        finally:
-            if saved is not None:
-                os.environ[SWITCH] = saved
+        load(force=True)
 
 
 def status() -> str:
@@ -163,9 +215,20 @@ def status() -> str:
     return _reason
 
 
+def _check(x, out, what: str) -> None:
+    import torch
+
+    if x.dtype != torch.float32 or out.dtype != torch.float32 or x.device.type != "cpu" or out.device.type != "cpu":
+        raise ValueError(f"{what}: float32 CPU tensors only, got {x.dtype} on {x.device} -> {out.dtype} on {out.device}")
+
+
 def lif_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: int) -> None:
     """Neurons from rest over ``x`` [T, N, ...] into ``out`` (same shape); each time step of
-    ``x`` and ``out`` must be dense with the same strides, samples outermost (the caller checks)."""
+    ``x`` and ``out`` must be dense with the same strides (the caller checks the layout,
+    see ``sdsnn.models._lif_native``)."""
+    _check(x, out, "lif_seq")
+    if out.shape != x.shape or out[0].stride() != x[0].stride():
+        raise ValueError(f"lif_seq: out {tuple(out.shape)} {out.stride()} does not match x {tuple(x.shape)} {x.stride()}")
     T, N = x.shape[0], x.shape[1]
     per = x[0].numel() // max(N, 1)
     rc = lib.sdsnn_lif_seq(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N, per, T,
@@ -175,9 +238,17 @@ def lif_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: 
 
 
 def lif_pool_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: int) -> None:
-    """Neurons from rest over channels-last ``x`` [T, N, C, H, W], then 2x2 max-pool, into
-    channels-last ``out`` [T, N, C, H//2, W//2]."""
+    """Neurons from rest over channels-last ``x`` [T, N, C, H, W] (H, W >= 2), then 2x2
+    max-pool, into channels-last ``out`` [T, N, C, H//2, W//2]."""
+    import torch
+
+    _check(x, out, "lif_pool_seq")
     T, N, C, H, W = x.shape
+    cl = torch.channels_last
+    if (out.shape != (T, N, C, H // 2, W // 2) or H < 2 or W < 2
+            or not (x[0].is_contiguous(memory_format=cl) and out[0].is_contiguous(memory_format=cl))):
+        raise ValueError(f"lif_pool_seq: needs channels-last x [T, N, C, H>=2, W>=2] and out [T, N, C, H//2, W//2], "
+                         f"got {tuple(x.shape)} -> {tuple(out.shape)}")
     rc = lib.sdsnn_lif_pool_seq(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N, H, W, C, T,
                                 mode, k, thr, threads)
     if rc:

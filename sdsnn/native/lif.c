@@ -9,7 +9,7 @@
    element-wise kernels do and the spikes are bit-identical.  One pass over the input instead of
    four or five; lif_pool_seq also applies the 2x2 max-pool that follows a conv neuron, so the
    full-size spike map is never written.  The final potential is not returned (stateless
-   inference).  Work is split over the samples of the batch across `threads` POSIX threads. */
+   inference).  Work is split across `threads` POSIX threads. */
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -26,19 +26,22 @@ static inline void lif_span(const float* restrict x, float* restrict v, float* r
 
 #define SPAN 1024  /* elements per block: potentials of one block stay in L1 over the T steps */
 
+/* The work is a list of items, split into contiguous ranges, one per thread: blocks of SPAN
+   elements of a time step (flat), or pairs of rows of one sample (pooled), so that even a batch
+   of one sample is shared out. */
 typedef struct {
   const float* x; long xs; float* out; long os;  /* input / output, step strides in elements */
-  long n0, n1, per;                              /* samples [n0, n1), elements per sample */
-  long H, W, C;                                  /* pooled variant: channels-last sample shape */
+  long i0, i1;                                   /* items [i0, i1) */
+  long n;                                        /* flat: elements per time step */
+  long H, W, C;                                  /* pooled: channels-last sample shape */
   int T, mode, pool; float k, thr; int err;
 } job_t;
 
 static void* run_flat(job_t* j) {
-  float* v = malloc(2 * SPAN * sizeof(float));
+  float* v = malloc(SPAN * sizeof(float));
   if (!v) { j->err = 1; return NULL; }
-  long a = j->n0 * j->per, b = j->n1 * j->per;
-  for (long i = a; i < b; i += SPAN) {
-    long m = b - i < SPAN ? b - i : SPAN;
+  for (long it = j->i0; it < j->i1; it++) {
+    long i = it * SPAN, m = j->n - i < SPAN ? j->n - i : SPAN;
     for (int t = 0; t < j->T; t++)
       lif_span(j->x + t * j->xs + i, v, j->out + t * j->os + i, m, t == 0, j->mode, j->k, j->thr);
   }
@@ -53,22 +56,23 @@ static void* run_pool(job_t* j) {
   float* buf = malloc(4 * m * sizeof(float));
   if (!buf) { j->err = 1; return NULL; }
   float *va = buf, *vb = buf + m, *sa = buf + 2 * m, *sb = buf + 3 * m;
-  for (long n = j->n0; n < j->n1; n++)
-    for (long r = 0; r < H2; r++)
-      for (int t = 0; t < j->T; t++) {
-        const float* xa = j->x + t * j->xs + (n * j->H + 2 * r) * row;
-        lif_span(xa, va, sa, m, t == 0, j->mode, j->k, j->thr);
-        lif_span(xa + row, vb, sb, m, t == 0, j->mode, j->k, j->thr);
-        float* o = j->out + t * j->os + (n * H2 + r) * W2 * C;
-        for (long w = 0; w < W2; w++) {
-          const float *a0 = sa + 2 * w * C, *a1 = a0 + C, *b0 = sb + 2 * w * C, *b1 = b0 + C;
-          float* ow = o + w * C;
-          for (long c = 0; c < C; c++) {
-            float p = a0[c] > a1[c] ? a0[c] : a1[c], q = b0[c] > b1[c] ? b0[c] : b1[c];
-            ow[c] = p > q ? p : q;
-          }
+  for (long it = j->i0; it < j->i1; it++) {
+    long n = it / H2, r = it % H2;
+    for (int t = 0; t < j->T; t++) {
+      const float* xa = j->x + t * j->xs + (n * j->H + 2 * r) * row;
+      lif_span(xa, va, sa, m, t == 0, j->mode, j->k, j->thr);
+      lif_span(xa + row, vb, sb, m, t == 0, j->mode, j->k, j->thr);
+      float* o = j->out + t * j->os + (n * H2 + r) * W2 * C;
+      for (long w = 0; w < W2; w++) {
+        const float *a0 = sa + 2 * w * C, *a1 = a0 + C, *b0 = sb + 2 * w * C, *b1 = b0 + C;
+        float* ow = o + w * C;
+        for (long c = 0; c < C; c++) {
+          float p = a0[c] > a1[c] ? a0[c] : a1[c], q = b0[c] > b1[c] ? b0[c] : b1[c];
+          ow[c] = p > q ? p : q;
         }
       }
+    }
+  }
   free(buf);
   return NULL;
 }
@@ -78,18 +82,20 @@ static void* run(void* arg) {
   return j->pool ? run_pool(j) : run_flat(j);
 }
 
-/* 0 on success, 1 when memory or threads ran out (the output is then incomplete) */
-static int dispatch(job_t base, long N, int threads) {
+/* 0 on success (also for no work at all), 1 when memory ran out (the output is then incomplete);
+   the entry points below return 2 for arguments they cannot take */
+static int dispatch(job_t base, long items, int threads) {
+  if (items <= 0 || base.T <= 0) return 0;
   if (threads < 1) threads = 1;
-  if (threads > N) threads = (int)N;
+  if (threads > items) threads = (int)items;
   if (threads > 64) threads = 64;
   job_t jobs[64];
   pthread_t tid[64];
   int started[64] = {0}, err = 0;
   for (int i = 0; i < threads; i++) {
     jobs[i] = base;
-    jobs[i].n0 = N * i / threads;
-    jobs[i].n1 = N * (i + 1) / threads;
+    jobs[i].i0 = items * i / threads;
+    jobs[i].i1 = items * (i + 1) / threads;
     jobs[i].err = 0;
   }
   for (int i = 1; i < threads; i++)
@@ -97,7 +103,7 @@ static int dispatch(job_t base, long N, int threads) {
   run(&jobs[0]);
   for (int i = 1; i < threads; i++) {
     if (started[i]) pthread_join(tid[i], NULL);
-    else run(&jobs[i]);
+    else run(&jobs[i]);  /* no thread to be had: this one does it */
   }
   for (int i = 0; i < threads; i++) err |= jobs[i].err;
   return err;
@@ -107,14 +113,16 @@ static int dispatch(job_t base, long N, int threads) {
    with step stride os; the element order within a step is the same in x and out. */
 int sdsnn_lif_seq(const float* x, long xs, float* out, long os, long N, long per, int T,
                   int mode, float k, float thr, int threads) {
-  job_t j = {x, xs, out, os, 0, 0, per, 0, 0, 0, T, mode, 0, k, thr, 0};
-  return dispatch(j, N, threads);
+  long n = N * per;
+  job_t j = {x, xs, out, os, 0, 0, n, 0, 0, 0, T, mode, 0, k, thr, 0};
+  return dispatch(j, (n + SPAN - 1) / SPAN, threads);
 }
 
 /* x: T steps of channels-last samples [H, W, C] (step stride xs, 0 for a static input); out:
    T steps of [N, H/2, W/2, C] (step stride os). */
 int sdsnn_lif_pool_seq(const float* x, long xs, float* out, long os, long N, long H, long W, long C,
                        int T, int mode, float k, float thr, int threads) {
-  job_t j = {x, xs, out, os, 0, 0, H * W * C, H, W, C, T, mode, 1, k, thr, 0};
-  return dispatch(j, N, threads);
+  if (H < 2 || W < 2 || C < 1) return 2;  /* nothing to pool: the caller must not ask */
+  job_t j = {x, xs, out, os, 0, 0, 0, H, W, C, T, mode, 1, k, thr, 0};
+  return dispatch(j, N * (H / 2), threads);
 }
