@@ -15,8 +15,9 @@ channels-last layout (oneDNN's fast kernels for narrow layers).  Under ``torch.n
 neurons also skip the autograd bookkeeping (:func:`_lif_inference`), and large CPU batches run in
 chunks (:attr:`SpikingNet.inference_chunk_bytes`); :meth:`SpikingNet.predict` (forward + reset,
 the inference entry point) also skips building the final neuron state and reuses buffers
-between chunks.  Fewer element-wise passes over the activations
-bring a compacted network's inference time closer to its operation count (per-neuron work still
+between chunks; there the neurons (and the max-pool after them) run in the fused C kernels of
+:mod:`sdsnn.native` when they build (:func:`_lif_native`, same spikes).  Fewer element-wise
+passes over the activations bring a compacted network's inference time closer to its operation count (per-neuron work still
 shrinks only linearly with width; see benchmarks/bench_compaction.py).  Training is untouched.
 
 Backbones (registry :data:`MODELS`, extend with :func:`register_model`):
