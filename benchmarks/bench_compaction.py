@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from sdsnn import build_model, compact, count_operations, native  # noqa: E402
 from sdsnn.config import EnergyConfig, ModelConfig  # noqa: E402
-from sdsnn.models import SpikingNet  # noqa: E402
+from sdsnn.models import SpikingBlock, SpikingNet  # noqa: E402
 from sdsnn.structure import LayerMask, apply_masks  # noqa: E402
 
 DEFAULT_RUN = ROOT / "results" / "bench-mnist" / "sdsnn"
@@ -104,6 +104,14 @@ def padded_masks(model, masks, multiple: int) -> dict[str, LayerMask]:
     return out
 
 
+def _use_engine(e: str) -> None:
+    """native: the C neuron kernels, convolutions with padded output channels where that is
+    faster (SpikingBlock.conv_pad_policy auto); native-unpadded: the same without the padding;
+    torch: torch's element-wise neuron route (no padding either)."""
+    native.set_enabled(e != "torch")
+    SpikingBlock.conv_pad_policy = "never" if e == "native-unpadded" else "auto"
+
+
 def time_model(model, batches) -> float:
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -136,7 +144,7 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
             assert torch.equal(p.predict(batches[0]).argmax(1), dense.predict(batches[0]).argmax(1))
 
     # the neuron kernels: native (fused C, the default where it builds) and torch's; same spikes
-    engines = ["native", "torch"] if a.native_available else ["torch"]
+    engines = ["native", "native-unpadded", "torch"] if a.native_available else ["torch"]
     if a.native_available:
         with torch.no_grad():
             native.set_enabled(False)
@@ -150,12 +158,12 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
     t_pad = {m: [] for m in padded}
     for rep in range(a.repeats + 1):
         for e in engines:
-            native.set_enabled(e == "native")
+            _use_engine(e)
             for net, acc in ((dense, t_dense[e]), (small, t_small[e])):
                 t = time_model(net, batches[:1] if rep == 0 else batches)
                 if rep:
                     acc.append(t)
-        native.set_enabled(engines[0] == "native")
+        _use_engine(engines[0])
         for m, p in padded.items():
             t = time_model(p, batches[:1] if rep == 0 else batches)
             if rep:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import sysconfig
+import time
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -253,7 +254,8 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
             or y.dtype != torch.float32 or y.device.type != "cpu"):
         return None, False
     step = y[0]
-    cl = step.dim() == 4 and step.is_contiguous(memory_format=torch.channels_last)
+    cs = native.pixel_stride(step)  # channels-last, maybe the first channels of a wider tensor
+    cl = cs is not None
     if not (cl or step.is_contiguous()):
         return None, False
     lib = native.load()
@@ -273,6 +275,11 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
                      lambda: y.new_empty((T, n, h // 2, w // 2, c))).permute(0, 1, 4, 2, 3)
         native.lif_pool_seq(lib, y, out, mode, k, thr, threads)
         return out, True
+    if cl and cs != step.shape[1]:  # channel slice: dense channels-last output
+        c, h, w = step.shape[1:]
+        out = _reuse(ws, "native_rows", step, lambda: y.new_empty((T, n, h, w, c))).permute(0, 1, 4, 2, 3)
+        native.lif_channels(lib, y, out, mode, k, thr, threads)
+        return out, False
     out = _empty_sequence_like(y, ws)
     if out[0].stride() != step.stride():
         return None, False
@@ -347,8 +354,31 @@ def _max_pool2x2_channels_last(x: torch.Tensor, ws: Optional[Workspace] = None) 
     return torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1], out=out).permute(0, 3, 1, 2)
 
 
+def _faster(a: Callable[[], Any], b: Callable[[], Any], rounds: int = 3) -> bool:
+    """Whether ``a`` runs faster than ``b`` (best of ``rounds`` alternating calls, after one
+    warm-up each)."""
+    a(), b()
+    ta = tb = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta, tb = min(ta, t1 - t0), min(tb, t2 - t1)
+    return ta < tb
+
+
 class SpikingBlock(nn.Module):
     """weight layer -> [BatchNorm] -> spiking neuron -> [max-pool 2x2], time-first tensors."""
+
+    #: Stateless CPU inference with the native neuron kernels may compute a convolution with its
+    #: output channels rounded up to this multiple (zero filters; oneDNN blocks channels by 16 and
+    #: runs e.g. 55 outputs about as slowly as 64) and hand the neurons only the real channels:
+    #: the same values bit for bit. ``conv_pad_policy``: "auto" times both once per input shape
+    #: and keeps the faster; "always", "never".
+    conv_pad_multiple: int = 16
+    conv_pad_policy: str = "auto"
 
     def __init__(self, spec: BlockSpec, in_features: int, cfg: ModelConfig, flatten_input: bool):
         super().__init__()
@@ -387,8 +417,34 @@ class SpikingBlock(nn.Module):
             b = b + n.bias
         return {"weight": w * s.reshape((-1,) + (1,) * (w.dim() - 1)), "bias": b}
 
-    def _analog(self, x: torch.Tensor, ws: Optional[Workspace] = None) -> torch.Tensor:
-        """Weight layer + BN on a [N, ...] tensor (N = T*B, or B for a static input)."""
+    def _padded_conv(self, x: torch.Tensor, folded: Optional[dict[str, torch.Tensor]]) -> Optional[torch.Tensor]:
+        """The conv (+ folded BN) with its output channels rounded up to ``conv_pad_multiple``,
+        sliced back to the real channels (a channels-last view with a wider pixel stride), when
+        the policy says it pays; else None."""
+        conv, m = self.layer, self.conv_pad_multiple
+        if self.conv_pad_policy == "never" or m <= 1 or conv._forward_hooks or conv._forward_pre_hooks:
+            return None
+        w = conv.weight if folded is None else folded["weight"]
+        b = conv.bias if folded is None else folded["bias"]
+        oc = w.shape[0]
+        padded = -(-oc // m) * m
+        if padded == oc:
+            return None
+        wp = torch.cat([w, w.new_zeros((padded - oc,) + tuple(w.shape[1:]))])
+        bp = None if b is None else torch.cat([b, b.new_zeros(padded - oc)])
+        if self.conv_pad_policy == "auto":
+            key = (tuple(x.shape), padded)
+            choice = self.__dict__.setdefault("_pad_choice", {})
+            if key not in choice:
+                choice[key] = _faster(lambda: conv._conv_forward(x, wp, bp), lambda: conv._conv_forward(x, w, b))
+            if not choice[key]:
+                return None
+        return conv._conv_forward(x, wp, bp)[:, :oc]
+
+    def _analog(self, x: torch.Tensor, ws: Optional[Workspace] = None, pad_ok: bool = False) -> torch.Tensor:
+        """Weight layer + BN on a [N, ...] tensor (N = T*B, or B for a static input).
+        ``pad_ok``: the neurons take channel slices (native kernels, stateless inference), so the
+        conv may run with padded output channels (:meth:`_padded_conv`)."""
         folded = self._folded_params()
         if not self.training and _gemm_conv_ok(self.layer, x):
             if folded is None:
@@ -398,6 +454,10 @@ class SpikingBlock(nn.Module):
             return _conv_1ch_channels_last(self.layer, x, **folded, ws=ws)
         if not self.training and x.dim() == 4 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
+        if pad_ok and isinstance(self.layer, nn.Conv2d) and x.dim() == 4:
+            y = self._padded_conv(x, folded)
+            if y is not None:
+                return y
         if folded is not None:
             # through the module, so that its forward hooks (energy counting) still see the call
             y = functional_call(self.layer, folded, (x,))
@@ -420,13 +480,17 @@ class SpikingBlock(nn.Module):
         if self.dropout is not None:
             x = self.dropout(x)
         T, B = x.shape[0], x.shape[1]
+        # the native neuron kernels will take this block's neurons: they read channel slices
+        pad_ok = (not keep_state and not self.training and x.device.type == "cpu" and _fast_path_ok(self.neuron, x)
+                  and not isinstance(self.neuron.v, torch.Tensor) and float(self.neuron.v) == 0.0
+                  and native.load() is not None)
         if static:
             # Every time step carries the same tensor: the affine layer (and BN, which sees the
             # same batch statistics as for T copies) runs once and is broadcast over T.
-            y = self._analog(x[0], ws)
+            y = self._analog(x[0], ws, pad_ok)
             y = y.unsqueeze(0).expand((T,) + tuple(y.shape))
         else:
-            y = self._analog(x.flatten(0, 1), ws)
+            y = self._analog(x.flatten(0, 1), ws, pad_ok)
             y = y.reshape((T, B) + tuple(y.shape[1:]))
         pooled = False
         if _fast_path_ok(self.neuron, y):

@@ -270,3 +270,72 @@ def test_a_compiler_that_changes_the_arithmetic_is_refused(monkeypatch, tmp_path
     with caplog.at_level(logging.WARNING, logger="sdsnn.native"):
         assert native.load() is None
     assert "self-test" in native.status()
+
+
+@pytest.mark.parametrize("kind", ["lif", "plif"])
+def test_kernels_take_the_first_channels_of_a_wider_tensor(kind):
+    """A convolution run with padded output channels hands the neurons a channel slice (pixel
+    stride > C): same spikes as the torch route on that slice, flat and pooled, any threads."""
+    lib = _lib()
+    gen = torch.Generator().manual_seed(6)
+    n = _neuron(kind, 2.0, 0.3)
+    T, B, C, wide = 3, 4, 11, 16
+    y = _inputs((T * B, wide, 6, 5), gen, 0.6).contiguous(memory_format=torch.channels_last)
+    y = y.view(T, B, wide, 6, 5)[:, :, :C]
+    assert native.pixel_stride(y[0]) == wide
+    with torch.no_grad():
+        ref = _lif_inference(n, y, keep_state=False)
+        flat, pooled = _lif_native(n, y, pool=False)
+        assert not pooled and torch.equal(flat, ref)
+        assert flat.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+        got, pooled = _lif_native(n, y, pool=True)
+        assert pooled and torch.equal(got.flatten(0, 1), F.max_pool2d(ref.flatten(0, 1), 2))
+    mode, k = (1, float(n.w.detach().sigmoid())) if kind == "plif" else (0, 2.0)
+    for threads in (2, 5):
+        out = torch.full_like(flat, -1.0)
+        native.lif_channels(lib, y, out, mode, k, 0.3, threads)
+        assert torch.equal(out, ref), threads
+
+
+@pytest.mark.parametrize("name,shape,static", [("convnet", (1, 8, 8), False), ("convnet", (3, 8, 8), True),
+                                               ("dvs_convnet", (2, 8, 8), False)])
+def test_padded_convolutions_change_no_output_and_no_operation_count(name, shape, static):
+    """Convolutions computed with output channels padded to 16 give the same outputs and firing
+    rates as unpadded ones (pooled and unpooled blocks, static input), compaction stays exact,
+    and energy counting (which hooks the layers) still counts the real channels only."""
+    _lib()
+    from sdsnn.energy import count_operations
+    from sdsnn.config import EnergyConfig
+    from sdsnn.models import SpikingBlock
+
+    torch.manual_seed(7)
+    kw = dict(SMALL[name][0], width=5)  # 5, 10, ... channels: never a multiple of 16
+    m = build_model(ModelConfig(name=name, v_threshold=0.1, **kw), shape, 4, static_input=static).eval()
+    m.record_firing = True
+    x = torch.rand(3, 6, *shape)
+    results = {}
+    try:
+        for policy in ("never", "always"):
+            SpikingBlock.conv_pad_policy = policy
+            with torch.no_grad():
+                y = m.predict(x)
+            rep = count_operations(m, None, [x], EnergyConfig(batches=1))
+            results[policy] = (y, m.firing_rates(), rep.sops, rep.macs, rep.energy_pj)
+        assert torch.equal(results["never"][0], results["always"][0])
+        assert results["never"][1:] == results["always"][1:] and sum(results["never"][1].values()) > 0
+
+        from test_compact import _random_masks
+        from sdsnn.structure import apply_masks
+
+        masks = _random_masks(m, torch.Generator().manual_seed(5))
+        apply_masks(m.prunable_layers(), masks)
+        small = compact(m, masks).eval()
+        with torch.no_grad():
+            assert torch.equal(small.predict(x), m.predict(x))
+        SpikingBlock.conv_pad_policy = "auto"
+        with torch.no_grad():
+            assert torch.equal(small.predict(x), m.predict(x))
+        choices = [b.__dict__.get("_pad_choice") for b in m.blocks if b.spec.kind == "conv"]
+        assert any(choices), "auto: the padded route was timed against the plain one"
+    finally:
+        SpikingBlock.conv_pad_policy = "auto"

@@ -30,7 +30,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["load", "status", "set_enabled", "cache_dir", "lif_seq", "lif_pool_seq", "SWITCH"]
+__all__ = ["load", "status", "set_enabled", "cache_dir", "lif_seq", "lif_channels", "lif_pool_seq", "pixel_stride",
+           "SWITCH"]
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     P, L, I, F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
     lib.sdsnn_lif_seq.argtypes = [P, L, P, L, L, L, I, I, F, F, I]
     lib.sdsnn_lif_seq.restype = I
-    lib.sdsnn_lif_pool_seq.argtypes = [P, L, P, L, L, L, L, L, I, I, F, F, I]
+    lib.sdsnn_lif_pool_seq.argtypes = [P, L, P, L, L, L, L, L, L, I, I, F, F, I]
     lib.sdsnn_lif_pool_seq.restype = I
+    lib.sdsnn_lif_rows.argtypes = [P, L, P, L, L, L, L, I, I, F, F, I]
+    lib.sdsnn_lif_rows.restype = I
 
 
 def _self_test(lib: ctypes.CDLL) -> None:
@@ -137,31 +140,33 @@ def _self_test(lib: ctypes.CDLL) -> None:
     import torch
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 2, 4, 6, 6, generator=g) * 1.5  # [T, N, C, H, W]
-    x.view(-1)[::5] = 0.6
-    x.view(-1)[7], x.view(-1)[11] = float("inf"), float("nan")
-    x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
+    wide = torch.randn(3, 2, 7, 6, 6, generator=g) * 1.5  # [T, N, C, H, W]
+    wide.view(-1)[::5] = 0.6
+    wide.view(-1)[7], wide.view(-1)[11] = float("inf"), float("nan")
+    wide = wide.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(wide.shape)
+    dense = wide[:, :, :4].flatten(0, 1).contiguous(memory_format=torch.channels_last).view(3, 2, 4, 6, 6)
     for mode, k, thr in ((0, 2.0, 0.3), (0, 1.7, 0.7), (1, 0.4378234, 0.3)):
         kt, tt = torch.tensor(k), torch.tensor(thr)
-        v = None
-        ref = torch.empty_like(x)
-        for t in range(x.shape[0]):
-            if v is None:
-                h = x[t] * kt if mode else x[t] / kt
-            else:
-                h = (x[t] - v) * kt + v if mode else v + (x[t] - v) / kt
-            s = (h >= tt).float()
-            ref[t] = s
-            v = h - h * s
-        pooled = torch.nn.functional.max_pool2d(ref.flatten(0, 1), 2).view(3, 2, 4, 3, 3)
-        for threads in (1, 3):
-            out = torch.full_like(x, -1.0)
-            lif_seq(lib, x, out, mode, k, thr, threads)
-            got = x.new_full((3, 2, 3, 3, 4), -1.0).permute(0, 1, 4, 2, 3)
-            lif_pool_seq(lib, x, got, mode, k, thr, threads)
-            if not (torch.equal(out, ref) and torch.equal(got, pooled)):
-                raise RuntimeError(f"self-test: spikes differ from torch's (mode {mode}, tau/q {k}, "
-                                   f"threshold {thr}); is the compiler using fast-math?")
+        for x in (dense, wide[:, :, :4]):  # dense steps; the first channels of wider ones
+            v = None
+            ref = torch.empty_like(dense)
+            for t in range(x.shape[0]):
+                if v is None:
+                    h = x[t] * kt if mode else x[t] / kt
+                else:
+                    h = (x[t] - v) * kt + v if mode else v + (x[t] - v) / kt
+                s = (h >= tt).float()
+                ref[t] = s
+                v = h - h * s
+            pooled = torch.nn.functional.max_pool2d(ref.flatten(0, 1), 2).view(3, 2, 4, 3, 3)
+            for threads in (1, 3):
+                out = torch.full_like(dense, -1.0)
+                (lif_seq if x is dense else lif_channels)(lib, x, out, mode, k, thr, threads)
+                got = x.new_full((3, 2, 3, 3, 4), -1.0).permute(0, 1, 4, 2, 3)
+                lif_pool_seq(lib, x, got, mode, k, thr, threads)
+                if not (torch.equal(out, ref) and torch.equal(got, pooled)):
+                    raise RuntimeError(f"self-test: spikes differ from torch's (mode {mode}, tau/q {k}, "
+                                       f"threshold {thr}); is the compiler using fast-math?")
 
 
 def load(force: bool = False) -> Optional[ctypes.CDLL]:
@@ -237,19 +242,53 @@ def lif_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: 
         raise MemoryError("sdsnn native LIF kernel: out of memory")
 
 
-def lif_pool_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: int) -> None:
-    """Neurons from rest over channels-last ``x`` [T, N, C, H, W] (H, W >= 2), then 2x2
-    max-pool, into channels-last ``out`` [T, N, C, H//2, W//2]."""
+def pixel_stride(step) -> Optional[int]:
+    """Floats per pixel of a channels-last ``[N, C, H, W]`` step: ``C`` when it is dense, more when
+    it is the first ``C`` channels of a wider channels-last tensor; None for any other layout."""
     import torch
 
+    if step.dim() != 4:
+        return None
+    n, c, h, w = step.shape
+    if step.is_contiguous(memory_format=torch.channels_last):
+        return c
+    cs = step.stride(3)
+    if step.stride(1) == 1 and cs > c and step.stride(2) == w * cs and (n == 1 or step.stride(0) == h * w * cs):
+        return cs
+    return None
+
+
+def _cl_dense(t) -> bool:
+    import torch
+
+    return t.is_contiguous(memory_format=torch.channels_last)
+
+
+def lif_channels(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: int) -> None:
+    """Neurons from rest over ``x`` [T, N, C, H, W] whose steps are channels-last with a pixel
+    stride of at least C (:func:`pixel_stride`), into dense channels-last ``out`` (same shape)."""
+    _check(x, out, "lif_channels")
+    T, N, C, H, W = x.shape
+    cs = pixel_stride(x[0])
+    if cs is None or out.shape != x.shape or not _cl_dense(out[0]):
+        raise ValueError(f"lif_channels: needs channels-last steps, got x {x.stride()} -> out {out.stride()}")
+    rc = lib.sdsnn_lif_rows(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N * H * W, C, cs, T,
+                            mode, k, thr, threads)
+    if rc:
+        raise MemoryError("sdsnn native LIF kernel: out of memory")
+
+
+def lif_pool_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: int) -> None:
+    """Neurons from rest over ``x`` [T, N, C, H, W] (H, W >= 2; steps channels-last with a pixel
+    stride of at least C, :func:`pixel_stride`), then 2x2 max-pool, into dense channels-last
+    ``out`` [T, N, C, H//2, W//2]."""
     _check(x, out, "lif_pool_seq")
     T, N, C, H, W = x.shape
-    cl = torch.channels_last
-    if (out.shape != (T, N, C, H // 2, W // 2) or H < 2 or W < 2
-            or not (x[0].is_contiguous(memory_format=cl) and out[0].is_contiguous(memory_format=cl))):
+    cs = pixel_stride(x[0])
+    if out.shape != (T, N, C, H // 2, W // 2) or H < 2 or W < 2 or cs is None or not _cl_dense(out[0]):
         raise ValueError(f"lif_pool_seq: needs channels-last x [T, N, C, H>=2, W>=2] and out [T, N, C, H//2, W//2], "
                          f"got {tuple(x.shape)} -> {tuple(out.shape)}")
-    rc = lib.sdsnn_lif_pool_seq(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N, H, W, C, T,
+    rc = lib.sdsnn_lif_pool_seq(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N, H, W, C, cs, T,
                                 mode, k, thr, threads)
     if rc:
         raise MemoryError("sdsnn native LIF kernel: out of memory")

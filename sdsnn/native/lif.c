@@ -34,8 +34,26 @@ typedef struct {
   long i0, i1;                                   /* items [i0, i1) */
   long n;                                        /* flat: elements per time step */
   long H, W, C;                                  /* pooled: channels-last sample shape */
+  long cs;                                       /* pooled, rows: input floats per pixel (>= C) */
   int T, mode, pool; float k, thr; int err;
 } job_t;
+
+/* rows: n pixels of C channels each, input pixel stride cs (a slice of a wider tensor, e.g. a
+   convolution computed with extra output channels), output dense; items are groups of pixels */
+static void* run_rows(job_t* j) {
+  long C = j->C, G = SPAN / C > 0 ? SPAN / C : 1;
+  float* v = malloc(G * C * sizeof(float));
+  if (!v) { j->err = 1; return NULL; }
+  for (long it = j->i0; it < j->i1; it++) {
+    long p0 = it * G, p1 = p0 + G < j->n ? p0 + G : j->n;
+    for (int t = 0; t < j->T; t++)
+      for (long p = p0; p < p1; p++)
+        lif_span(j->x + t * j->xs + p * j->cs, v + (p - p0) * C, j->out + t * j->os + p * C, C,
+                 t == 0, j->mode, j->k, j->thr);
+  }
+  free(v);
+  return NULL;
+}
 
 static void* run_flat(job_t* j) {
   float* v = malloc(SPAN * sizeof(float));
@@ -52,7 +70,7 @@ static void* run_flat(job_t* j) {
 /* rows 2r and 2r+1 of a sample through the neuron, then their 2x2 maxima; rows and columns past
    2*(H/2) and 2*(W/2) are dropped, as max_pool2d(2) drops them */
 static void* run_pool(job_t* j) {
-  long H2 = j->H / 2, W2 = j->W / 2, C = j->C, row = j->W * C, m = 2 * W2 * C;
+  long H2 = j->H / 2, W2 = j->W / 2, C = j->C, cs = j->cs, row = j->W * cs, m = 2 * W2 * C;
   float* buf = malloc(4 * m * sizeof(float));
   if (!buf) { j->err = 1; return NULL; }
   float *va = buf, *vb = buf + m, *sa = buf + 2 * m, *sb = buf + 3 * m;
@@ -60,8 +78,15 @@ static void* run_pool(job_t* j) {
     long n = it / H2, r = it % H2;
     for (int t = 0; t < j->T; t++) {
       const float* xa = j->x + t * j->xs + (n * j->H + 2 * r) * row;
-      lif_span(xa, va, sa, m, t == 0, j->mode, j->k, j->thr);
-      lif_span(xa + row, vb, sb, m, t == 0, j->mode, j->k, j->thr);
+      if (cs == C) {
+        lif_span(xa, va, sa, m, t == 0, j->mode, j->k, j->thr);
+        lif_span(xa + row, vb, sb, m, t == 0, j->mode, j->k, j->thr);
+      } else {
+        for (long w = 0; w < 2 * W2; w++) {
+          lif_span(xa + w * cs, va + w * C, sa + w * C, C, t == 0, j->mode, j->k, j->thr);
+          lif_span(xa + row + w * cs, vb + w * C, sb + w * C, C, t == 0, j->mode, j->k, j->thr);
+        }
+      }
       float* o = j->out + t * j->os + (n * H2 + r) * W2 * C;
       for (long w = 0; w < W2; w++) {
         const float *a0 = sa + 2 * w * C, *a1 = a0 + C, *b0 = sb + 2 * w * C, *b1 = b0 + C;
@@ -79,7 +104,7 @@ static void* run_pool(job_t* j) {
 
 static void* run(void* arg) {
   job_t* j = arg;
-  return j->pool ? run_pool(j) : run_flat(j);
+  return j->pool == 1 ? run_pool(j) : j->pool == 2 ? run_rows(j) : run_flat(j);
 }
 
 /* 0 on success (also for no work at all), 1 when memory ran out (the output is then incomplete);
@@ -114,15 +139,25 @@ static int dispatch(job_t base, long items, int threads) {
 int sdsnn_lif_seq(const float* x, long xs, float* out, long os, long N, long per, int T,
                   int mode, float k, float thr, int threads) {
   long n = N * per;
-  job_t j = {x, xs, out, os, 0, 0, n, 0, 0, 0, T, mode, 0, k, thr, 0};
+  job_t j = {x, xs, out, os, 0, 0, n, 0, 0, 0, 0, T, mode, 0, k, thr, 0};
   return dispatch(j, (n + SPAN - 1) / SPAN, threads);
 }
 
-/* x: T steps of channels-last samples [H, W, C] (step stride xs, 0 for a static input); out:
-   T steps of [N, H/2, W/2, C] (step stride os). */
+/* x: T steps of P pixels of C channels, pixel stride cs >= C (step stride xs); out: T steps of
+   P pixels of C channels, dense (step stride os). */
+int sdsnn_lif_rows(const float* x, long xs, float* out, long os, long P, long C, long cs, int T,
+                   int mode, float k, float thr, int threads) {
+  if (C < 1 || cs < C) return 2;
+  long G = SPAN / C > 0 ? SPAN / C : 1;
+  job_t j = {x, xs, out, os, 0, 0, P, 0, 0, C, cs, T, mode, 2, k, thr, 0};
+  return dispatch(j, (P + G - 1) / G, threads);
+}
+
+/* x: T steps of channels-last samples [H, W, C] with pixel stride cs >= C (step stride xs, 0 for
+   a static input); out: T steps of [N, H/2, W/2, C], dense (step stride os). */
 int sdsnn_lif_pool_seq(const float* x, long xs, float* out, long os, long N, long H, long W, long C,
-                       int T, int mode, float k, float thr, int threads) {
-  if (H < 2 || W < 2 || C < 1) return 2;  /* nothing to pool: the caller must not ask */
-  job_t j = {x, xs, out, os, 0, 0, 0, H, W, C, T, mode, 1, k, thr, 0};
+                       long cs, int T, int mode, float k, float thr, int threads) {
+  if (H < 2 || W < 2 || C < 1 || cs < C) return 2;  /* the caller must not ask */
+  job_t j = {x, xs, out, os, 0, 0, 0, H, W, C, cs, T, mode, 1, k, thr, 0};
   return dispatch(j, N * (H / 2), threads);
 }
