@@ -375,8 +375,8 @@ class SpikingBlock(nn.Module):
     #: Stateless CPU inference with the native neuron kernels may compute a convolution with its
     #: output channels rounded up to this multiple (zero filters; oneDNN blocks channels by 16 and
     #: runs e.g. 55 outputs about as slowly as 64) and hand the neurons only the real channels:
-    #: the same values bit for bit. ``conv_pad_policy``: "auto" times both once per input shape
-    #: and keeps the faster; "always", "never".
+    #: the same values bit for bit. ``conv_pad_policy``: "auto" checks that both give the same
+    #: values and times them, once per input shape, and keeps the faster; "always", "never".
     conv_pad_multiple: int = 16
     conv_pad_policy: str = "auto"
 
@@ -435,8 +435,10 @@ class SpikingBlock(nn.Module):
         if self.conv_pad_policy == "auto":
             key = (tuple(x.shape), padded)
             choice = self.__dict__.setdefault("_pad_choice", {})
-            if key not in choice:
-                choice[key] = _faster(lambda: conv._conv_forward(x, wp, bp), lambda: conv._conv_forward(x, w, b))
+            if key not in choice:  # padded only where it is faster and gives the very same values
+                same = torch.equal(conv._conv_forward(x, wp, bp)[:, :oc], conv._conv_forward(x, w, b))
+                choice[key] = same and _faster(lambda: conv._conv_forward(x, wp, bp),
+                                               lambda: conv._conv_forward(x, w, b))
             if not choice[key]:
                 return None
         return conv._conv_forward(x, wp, bp)[:, :oc]

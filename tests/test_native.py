@@ -339,3 +339,23 @@ def test_padded_convolutions_change_no_output_and_no_operation_count(name, shape
         assert any(choices), "auto: the padded route was timed against the plain one"
     finally:
         SpikingBlock.conv_pad_policy = "auto"
+
+
+def test_auto_padding_is_refused_where_the_values_would_differ(monkeypatch):
+    """Where a padded convolution would not give the very same values (another oneDNN algorithm
+    for the wider layer), auto keeps the plain one."""
+    _lib()
+    torch.manual_seed(8)
+    kw = dict(SMALL["dvs_convnet"][0], width=5)
+    m = build_model(ModelConfig(name="dvs_convnet", v_threshold=0.1, **kw), (2, 8, 8), 4).eval()
+    conv = m.blocks[0].layer
+    plain = conv._conv_forward
+
+    def perturbed(x, w, b):
+        y = plain(x, w, b)
+        return y + 1e-3 if w.shape[0] > conv.out_channels else y
+
+    monkeypatch.setattr(conv, "_conv_forward", perturbed)
+    with torch.no_grad():
+        m.predict(torch.rand(2, 3, 2, 8, 8))
+    assert m.blocks[0].__dict__["_pad_choice"] and not any(m.blocks[0]._pad_choice.values())
