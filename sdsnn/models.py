@@ -375,8 +375,9 @@ class SpikingBlock(nn.Module):
     #: Stateless CPU inference with the native neuron kernels may compute a convolution with its
     #: output channels rounded up to this multiple (zero filters; oneDNN blocks channels by 16 and
     #: runs e.g. 55 outputs about as slowly as 64) and hand the neurons only the real channels:
-    #: the same values bit for bit. ``conv_pad_policy``: "auto" checks that both give the same
-    #: values and times them, once per input shape, and keeps the faster; "always", "never".
+    #: the same values bit for bit. ``conv_pad_policy``: "auto" (layers of 32 channels or more,
+    #: padding by at most a quarter) checks that both give the same values and times them, once
+    #: per input shape, and keeps the faster; "always", "never".
     conv_pad_multiple: int = 16
     conv_pad_policy: str = "auto"
 
@@ -428,7 +429,9 @@ class SpikingBlock(nn.Module):
         b = conv.bias if folded is None else folded["bias"]
         oc = w.shape[0]
         padded = -(-oc // m) * m
-        if padded == oc:
+        if padded == oc or (self.conv_pad_policy == "auto" and (oc < 32 or padded > 1.25 * oc)):
+            # narrow layers: the neurons would read short per-pixel runs and lose what the conv
+            # gains (measured: 10 -> 16 and 19 -> 32 channels slower end to end)
             return None
         wp = torch.cat([w, w.new_zeros((padded - oc,) + tuple(w.shape[1:]))])
         bp = None if b is None else torch.cat([b, b.new_zeros(padded - oc)])

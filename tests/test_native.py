@@ -309,7 +309,7 @@ def test_padded_convolutions_change_no_output_and_no_operation_count(name, shape
     from sdsnn.models import SpikingBlock
 
     torch.manual_seed(7)
-    kw = dict(SMALL[name][0], width=5)  # 5, 10, ... channels: never a multiple of 16
+    kw = dict(SMALL[name][0], width=55)  # 55 -> 64, 110 -> 112 channels: auto may pad them
     m = build_model(ModelConfig(name=name, v_threshold=0.1, **kw), shape, 4, static_input=static).eval()
     m.record_firing = True
     x = torch.rand(3, 6, *shape)
@@ -346,7 +346,7 @@ def test_auto_padding_is_refused_where_the_values_would_differ(monkeypatch):
     for the wider layer), auto keeps the plain one."""
     _lib()
     torch.manual_seed(8)
-    kw = dict(SMALL["dvs_convnet"][0], width=5)
+    kw = dict(SMALL["dvs_convnet"][0], width=55)
     m = build_model(ModelConfig(name="dvs_convnet", v_threshold=0.1, **kw), (2, 8, 8), 4).eval()
     conv = m.blocks[0].layer
     plain = conv._conv_forward
