@@ -17,8 +17,9 @@ chunks (:attr:`SpikingNet.inference_chunk_bytes`); :meth:`SpikingNet.predict` (f
 the inference entry point) also skips building the final neuron state and reuses buffers
 between chunks; there the neurons (and the max-pool after them) run in the fused C kernels of
 :mod:`sdsnn.native` when they build (:func:`_lif_native`, same spikes).  Fewer element-wise
-passes over the activations bring a compacted network's inference time closer to its operation count (per-neuron work still
-shrinks only linearly with width; see benchmarks/bench_compaction.py).  Training is untouched.
+passes over the activations bring a compacted network's inference time closer to its operation
+count (per-neuron work still shrinks only linearly with width; see
+benchmarks/bench_compaction.py).  Training is untouched.
 
 Backbones (registry :data:`MODELS`, extend with :func:`register_model`):
 
@@ -242,6 +243,13 @@ def _lif_inference(neuron: nn.Module, x_seq: torch.Tensor, keep_state: bool = Tr
     return out
 
 
+def _native_neurons_ok(neuron: nn.Module, x: torch.Tensor) -> bool:
+    """The native kernels can take this neuron layer for input ``x``: the lean CPU inference route
+    applies (:func:`_fast_path_ok`), the neurons are at rest and the library is built."""
+    return (_fast_path_ok(neuron, x) and not isinstance(neuron.v, torch.Tensor) and float(neuron.v) == 0.0
+            and native.load() is not None)
+
+
 def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
                 ws: Optional[Workspace] = None) -> tuple[Optional[torch.Tensor], bool]:
     """Stateless inference of the neuron layer (then the 2x2 max-pool, when ``pool`` and ``y`` is
@@ -249,9 +257,7 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
     ``(None, False)`` when they do not apply (not built, neuron not at rest, unusual layout), and
     the caller takes :func:`_lif_inference`.  Same spikes bit for bit; the final potential is not
     kept.  Outputs may come from the workspace ``ws``."""
-    v = neuron.v
-    if (isinstance(v, torch.Tensor) or float(v) != 0.0 or y.dim() < 3 or y.shape[1] == 0
-            or y.dtype != torch.float32 or y.device.type != "cpu"):
+    if y.dim() < 3 or y.shape[1] == 0 or not _native_neurons_ok(neuron, y):
         return None, False
     step = y[0]
     cs = native.pixel_stride(step)  # channels-last, maybe the first channels of a wider tensor
@@ -259,8 +265,6 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
     if not (cl or step.is_contiguous()):
         return None, False
     lib = native.load()
-    if lib is None:
-        return None, False
     if isinstance(neuron, sj_neuron.ParametricLIFNode):
         mode, k = 1, float(neuron.w.detach().float().sigmoid())
     else:
@@ -305,17 +309,13 @@ def _conv_1ch_channels_last(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tens
     )
     c_out = weight.shape[0]
     w_t = weight.reshape(c_out, -1).t().unsqueeze(0).expand(n, -1, -1)  # [N, kh*kw, C]
-    if ws is not None and not torch.is_grad_enabled():  # the previous chunk's output buffer
+    y = None  # without gradients, the previous chunk's output buffer (no out= with autograd)
+    if ws is not None and not torch.is_grad_enabled():
         y = _reuse(ws, "conv1ch", x, lambda: x.new_empty((n, oh * ow, c_out)))
-        if bias is None:
-            torch.bmm(cols.transpose(1, 2), w_t, out=y)
-        else:
-            y.copy_(bias.reshape(1, 1, c_out).expand_as(y))
-            torch.baddbmm(y, cols.transpose(1, 2), w_t, out=y)
-    elif bias is None:
-        y = torch.bmm(cols.transpose(1, 2), w_t)
+    if bias is None:
+        y = torch.bmm(cols.transpose(1, 2), w_t, out=y)
     else:
-        y = torch.baddbmm(bias.reshape(1, 1, c_out), cols.transpose(1, 2), w_t)
+        y = torch.baddbmm(bias.reshape(1, 1, c_out), cols.transpose(1, 2), w_t, out=y)
     return y.view(n, oh, ow, c_out).permute(0, 3, 1, 2)
 
 
@@ -486,9 +486,7 @@ class SpikingBlock(nn.Module):
             x = self.dropout(x)
         T, B = x.shape[0], x.shape[1]
         # the native neuron kernels will take this block's neurons: they read channel slices
-        pad_ok = (not keep_state and not self.training and x.device.type == "cpu" and _fast_path_ok(self.neuron, x)
-                  and not isinstance(self.neuron.v, torch.Tensor) and float(self.neuron.v) == 0.0
-                  and native.load() is not None)
+        pad_ok = not keep_state and not self.training and _native_neurons_ok(self.neuron, x)
         if static:
             # Every time step carries the same tensor: the affine layer (and BN, which sees the
             # same batch statistics as for T copies) runs once and is broadcast over T.

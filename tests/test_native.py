@@ -150,15 +150,15 @@ def test_kernels_only_run_from_rest():
     assert _lif_native(n, y, pool=False) == (None, False)
 
 
-@pytest.mark.parametrize("name,neuron", [("convnet", "lif"), ("dvs_convnet", "lif"), ("mlp", "plif"),
-                                         ("convnet", "plif")])
-def test_predict_and_compaction_are_unchanged_by_the_native_kernels(name, neuron):
+@pytest.mark.parametrize("name,neuron,readout", [("convnet", "lif", "rate"), ("dvs_convnet", "lif", "rate"),
+                                                 ("mlp", "plif", "rate"), ("convnet", "plif", "potential")])
+def test_predict_and_compaction_are_unchanged_by_the_native_kernels(name, neuron, readout):
     """Whole networks: predict() and firing rates with the native kernels equal those of the torch
     route, and the compacted network still gives the masked network's outputs exactly."""
     _lib()
     torch.manual_seed(3)
     kw, shape = SMALL[name]
-    m = build_model(ModelConfig(name=name, neuron=neuron, v_threshold=0.1, **kw), shape, 4).eval()
+    m = build_model(ModelConfig(name=name, neuron=neuron, v_threshold=0.1, readout=readout, **kw), shape, 4).eval()
     m.record_firing = True
     x = torch.rand(4, 9, *shape)
     with torch.no_grad():

@@ -30,6 +30,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 __all__ = ["load", "status", "set_enabled", "cache_dir", "lif_seq", "lif_channels", "lif_pool_seq", "pixel_stride",
            "SWITCH"]
 
@@ -137,8 +139,6 @@ def _self_test(lib: ctypes.CDLL) -> None:
     threshold, a non-dyadic tau, PLIF, inf, NaN), flat and pooled, on one and on three threads:
     a compiler that fuses or reorders float operations (``$CC`` set to one with fast-math
     defaults) must not silently change spikes."""
-    import torch
-
     g = torch.Generator().manual_seed(0)
     wide = torch.randn(3, 2, 7, 6, 6, generator=g) * 1.5  # [T, N, C, H, W]
     wide.view(-1)[::5] = 0.6
@@ -221,10 +221,16 @@ def status() -> str:
 
 
 def _check(x, out, what: str) -> None:
-    import torch
-
     if x.dtype != torch.float32 or out.dtype != torch.float32 or x.device.type != "cpu" or out.device.type != "cpu":
         raise ValueError(f"{what}: float32 CPU tensors only, got {x.dtype} on {x.device} -> {out.dtype} on {out.device}")
+
+
+def _raise_for(rc: int, what: str) -> None:
+    """The kernels' return codes: 1 out of memory (output incomplete), 2 arguments refused."""
+    if rc == 1:
+        raise MemoryError(f"sdsnn native {what}: out of memory")
+    if rc:
+        raise ValueError(f"sdsnn native {what}: arguments refused by the kernel (code {rc})")
 
 
 def lif_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: int) -> None:
@@ -238,15 +244,12 @@ def lif_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: 
     per = x[0].numel() // max(N, 1)
     rc = lib.sdsnn_lif_seq(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N, per, T,
                            mode, k, thr, threads)
-    if rc:
-        raise MemoryError("sdsnn native LIF kernel: out of memory")
+    _raise_for(rc, "lif_seq")
 
 
 def pixel_stride(step) -> Optional[int]:
     """Floats per pixel of a channels-last ``[N, C, H, W]`` step: ``C`` when it is dense, more when
     it is the first ``C`` channels of a wider channels-last tensor; None for any other layout."""
-    import torch
-
     if step.dim() != 4:
         return None
     n, c, h, w = step.shape
@@ -259,8 +262,6 @@ def pixel_stride(step) -> Optional[int]:
 
 
 def _cl_dense(t) -> bool:
-    import torch
-
     return t.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -274,8 +275,7 @@ def lif_channels(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, thre
         raise ValueError(f"lif_channels: needs channels-last steps, got x {x.stride()} -> out {out.stride()}")
     rc = lib.sdsnn_lif_rows(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N * H * W, C, cs, T,
                             mode, k, thr, threads)
-    if rc:
-        raise MemoryError("sdsnn native LIF kernel: out of memory")
+    _raise_for(rc, "lif_channels")
 
 
 def lif_pool_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, threads: int) -> None:
@@ -290,5 +290,4 @@ def lif_pool_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, thre
                          f"got {tuple(x.shape)} -> {tuple(out.shape)}")
     rc = lib.sdsnn_lif_pool_seq(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N, H, W, C, cs, T,
                                 mode, k, thr, threads)
-    if rc:
-        raise MemoryError("sdsnn native LIF kernel: out of memory")
+    _raise_for(rc, "lif_pool_seq")
