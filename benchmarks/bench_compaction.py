@@ -143,7 +143,8 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
         with torch.no_grad():
             assert torch.equal(p.predict(batches[0]).argmax(1), dense.predict(batches[0]).argmax(1))
 
-    # the neuron kernels: native (fused C, the default where it builds) and torch's; same spikes
+    # the routes (see _use_engine): native kernels (the default where they build) and torch's give
+    # the same spikes
     engines = ["native", "native-unpadded", "torch"] if a.native_available else ["torch"]
     if a.native_available:
         with torch.no_grad():
@@ -175,8 +176,7 @@ def measure(dense, masks, input_shape, time_steps: int, a: argparse.Namespace) -
                          "compact_time_s": statistics.median(t_small[e]), "time_ratio": r}
     e0 = engines[0]
     t_dense, t_small = t_dense[e0], t_small[e0]
-    td, ts = statistics.median(t_dense), statistics.median(t_small)
-    time_ratio = per_engine[e0]["time_ratio"]
+    td, ts, time_ratio = (per_engine[e0][k] for k in ("dense_time_s", "compact_time_s", "time_ratio"))
 
     macs_d, neur_d = exec_counts(dense, batches[0])
     macs_s, neur_s = exec_counts(small, batches[0])
