@@ -293,33 +293,33 @@ def _lif_native(neuron: nn.Module, y: torch.Tensor, pool: bool,
 
 def _conv_1ch_channels_last(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
                             bias: Optional[torch.Tensor], ws: Optional[Workspace] = None) -> torch.Tensor:
-    """``conv`` (with these weight and bias) applied to a 1-channel ``[N, 1, H, W]`` input as one
-    batched GEMM over its kernel-sized patches; the output is channels-last.
+    """``conv`` (with these weight and bias) applied to a 1-channel ``[N, 1, H, W]`` input for
+    inference, channels-last output.
 
-    For a 1-channel input the memory layout is ambiguous and oneDNN answers NCHW; converting that
-    to channels-last (what the spiking layers after it want) costs more than the convolution.
-    The patches of a single channel are few (kh * kw per output position), and ``patches x
-    weight^T`` lands directly in ``[N, H', W', C]`` order, 2-4x faster than conv + conversion.
+    Each output is summed in a fixed order (:func:`sdsnn.native.conv1ch_torch`) that does not
+    depend on the number of output channels: a compacted first layer then gives its kept channels
+    the very values of the full layer, which a GEMM (kernel chosen by width) or oneDNN does not
+    promise.  Without gradients it runs as the C kernel :func:`sdsnn.native.conv1ch` (2-6x faster
+    than patches x weights as a GEMM, written straight into channels-last order, into the previous
+    chunk's buffer from ``ws``); otherwise, or without the native library, as the same arithmetic
+    in torch operations (same values, slower).
     """
-    n = x.shape[0]
-    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
-    oh, ow = (
-        (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, p, d, k, s in zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)
-    )
-    c_out = weight.shape[0]
-    w_t = weight.reshape(c_out, -1).t().unsqueeze(0).expand(n, -1, -1)  # [N, kh*kw, C]
-    y = None  # without gradients, the previous chunk's output buffer (no out= with autograd)
-    if ws is not None and not torch.is_grad_enabled():
-        y = _reuse(ws, "conv1ch", x, lambda: x.new_empty((n, oh * ow, c_out)))
-    if bias is None:
-        y = torch.bmm(cols.transpose(1, 2), w_t, out=y)
-    else:
-        y = torch.baddbmm(bias.reshape(1, 1, c_out), cols.transpose(1, 2), w_t, out=y)
-    return y.view(n, oh, ow, c_out).permute(0, 3, 1, 2)
+    geom = (conv.stride, conv.padding, conv.dilation)
+    lib = native.load()
+    if lib is None or x.dtype != torch.float32 or weight.dtype != torch.float32 or (
+            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad))):
+        return native.conv1ch_torch(x, weight, bias, *geom)
+    n, c_out = x.shape[0], weight.shape[0]
+    oh, ow = (native.conv_out_size(size, k, s, p, d)
+              for size, k, s, p, d in zip(x.shape[2:], conv.kernel_size, *geom))
+    y = _reuse(ws, "conv1ch", x, lambda: x.new_empty((n, oh, ow, c_out)))
+    work = n * oh * ow * c_out * weight[0].numel()
+    threads = max(1, min(torch.get_num_threads(), work >> 18))
+    return native.conv1ch(lib, x, weight, bias, *geom, out=y, threads=threads)
 
 
-def _gemm_conv_ok(layer: nn.Module, x: torch.Tensor) -> bool:
+def _conv1ch_ok(layer: nn.Module, x: torch.Tensor) -> bool:
     """A 1-channel input to a plain conv on CPU, with nobody watching the conv module."""
     return (
         isinstance(layer, nn.Conv2d)
@@ -451,7 +451,7 @@ class SpikingBlock(nn.Module):
         ``pad_ok``: the neurons take channel slices (native kernels, stateless inference), so the
         conv may run with padded output channels (:meth:`_padded_conv`)."""
         folded = self._folded_params()
-        if not self.training and _gemm_conv_ok(self.layer, x):
+        if not self.training and _conv1ch_ok(self.layer, x):
             if folded is None:
                 folded = {"weight": self.layer.weight, "bias": self.layer.bias}
                 if self.norm is not None:  # BN without running statistics: after the conv

@@ -312,9 +312,10 @@ def test_predict_is_forward_then_reset(name):
     assert torch.equal(got, ref) and got.requires_grad and at_rest()
 
 
-def test_one_channel_conv_runs_as_a_gemm_with_channels_last_output():
-    """A 1-channel input (layout ambiguous for oneDNN) is convolved as patches x weights: same
-    values as conv2d, channels-last output; a hooked conv still goes through its module."""
+def test_one_channel_conv_runs_in_a_fixed_order_with_channels_last_output():
+    """A 1-channel input (layout ambiguous for oneDNN) is convolved by sdsnn.native.conv1ch (or
+    its torch twin): conv2d's values, channels-last output; a hooked conv still goes through its
+    module."""
     from sdsnn.models import SpikingBlock, _conv_1ch_channels_last
 
     torch.manual_seed(10)

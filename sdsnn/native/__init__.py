@@ -1,9 +1,13 @@
 """Native CPU kernels for inference, compiled on first use with the system C compiler.
 
-``lif.c`` holds fused multi-step LIF/PLIF neurons (and LIF + 2x2 max-pool) for stateless CPU
+``kernels.c`` holds fused multi-step LIF/PLIF neurons (and LIF + 2x2 max-pool) for stateless CPU
 inference (:meth:`sdsnn.SpikingNet.predict`): one pass over a layer's input instead of the four or
 five element-wise passes of the torch route, with the same float arithmetic, so the spikes are
-bit-identical (tests/test_native.py).  They make inference faster (1.04-1.5x for the networks of
+bit-identical (tests/test_native.py).  It also holds the convolution of a 1-channel input (the
+first layer of MNIST-like networks, :func:`conv1ch`), summed in a fixed order that does not depend
+on the number of output channels, so that a compacted first layer computes exactly the values of
+the full one; :func:`conv1ch_torch` is the same arithmetic in torch operations (the route without
+this library).  They make inference faster (1.04-1.5x for the networks of
 benchmarks/bench_compaction.py) and bring a compacted network's time closer to its operation
 count, since per-neuron work is a large share of a narrow network's time.
 
@@ -33,11 +37,11 @@ from typing import Optional
 import torch
 
 __all__ = ["load", "status", "set_enabled", "cache_dir", "lif_seq", "lif_channels", "lif_pool_seq", "pixel_stride",
-           "SWITCH"]
+           "conv1ch", "conv1ch_torch", "conv_out_size", "SWITCH"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("lif.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 #: ``-ffp-contract=off``: no fused multiply-add, so every operation rounds as torch's kernels do.
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c99", "-pthread", "-shared", "-fPIC")
 #: tuned for the CPU it runs on first; without them where the compiler refuses (some clang versions)
@@ -110,7 +114,7 @@ def _open(cc: str) -> tuple[ctypes.CDLL, Path]:
     for arch in ARCH_FLAGS:
         flags = (*FLAGS, *arch)
         key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), cc.encode(), _cpu_key().encode()]))
-        lib = out_dir / f"lif-{key.hexdigest()[:16]}.so"
+        lib = out_dir / f"kernels-{key.hexdigest()[:16]}.so"
         try:
             if lib.is_file():
                 try:
@@ -132,6 +136,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sdsnn_lif_pool_seq.restype = I
     lib.sdsnn_lif_rows.argtypes = [P, L, P, L, L, L, L, I, I, F, F, I]
     lib.sdsnn_lif_rows.restype = I
+    lib.sdsnn_conv1ch.argtypes = [P, L, L, L, P, P, L, I, I, I, I, I, I, I, I, P, L, L, I]
+    lib.sdsnn_conv1ch.restype = I
 
 
 def _self_test(lib: ctypes.CDLL) -> None:
@@ -167,6 +173,15 @@ def _self_test(lib: ctypes.CDLL) -> None:
                 if not (torch.equal(out, ref) and torch.equal(got, pooled)):
                     raise RuntimeError(f"self-test: spikes differ from torch's (mode {mode}, tau/q {k}, "
                                        f"threshold {thr}); is the compiler using fast-math?")
+    img = torch.randn(3, 1, 9, 7, generator=g)
+    w = torch.randn(5, 1, 3, 2, generator=g) / 3
+    b = torch.randn(5, generator=g)
+    for geom in (((1, 1), (1, 1), (1, 1)), ((2, 1), (0, 2), (1, 2))):
+        for threads in (1, 2):
+            got = conv1ch(lib, img, w, b, *geom, threads=threads)
+            if not torch.equal(got, conv1ch_torch(img, w, b, *geom)):
+                raise RuntimeError(f"self-test: the 1-channel convolution {geom} differs from the same sum in torch "
+                                   "ops; is the compiler using fast-math?")
 
 
 def load(force: bool = False) -> Optional[ctypes.CDLL]:
@@ -291,3 +306,55 @@ def lif_pool_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, thre
     rc = lib.sdsnn_lif_pool_seq(x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), N, H, W, C, cs, T,
                                 mode, k, thr, threads)
     _raise_for(rc, "lif_pool_seq")
+
+
+def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    """Output length of a convolution along one axis (input ``size``, kernel ``k``, stride ``s``,
+    padding ``p``, dilation ``d``), as torch computes it."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def conv1ch_torch(x, weight, bias, stride, padding, dilation):
+    """The convolution of a 1-channel input ``x`` [N, 1, H, W] with ``weight`` [C, 1, kh, kw] (and
+    ``bias`` [C] or None), zero padding, as :func:`conv1ch` computes it: each output is
+    ``((w_0 x_0 + w_1 x_1) + ... + w_{K-1} x_{K-1}) + b``, kernel positions in row-major order,
+    every product and sum rounded to float32 on its own.  No output value depends on how many
+    output channels there are, so a first layer with pruned channels removed computes the kept
+    ones exactly (unlike a GEMM, whose kernel choice depends on the width).  Differentiable;
+    returns a channels-last [N, C, OH, OW] tensor."""
+    C, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh, ow = conv_out_size(x.shape[2], kh, sh, ph, dh), conv_out_size(x.shape[3], kw, sw, pw, dw)
+    xp = torch.nn.functional.pad(x, (pw, pw, ph, ph))
+    acc = None
+    for ky in range(kh):
+        for kx in range(kw):
+            xs = xp[:, :, ky * dh: ky * dh + (oh - 1) * sh + 1: sh, kx * dw: kx * dw + (ow - 1) * sw + 1: sw]
+            t = xs * weight[:, :, ky, kx].reshape(1, C, 1, 1)  # [N, C, OH, OW]: products, rounded
+            acc = t if acc is None else acc.add_(t)
+    if bias is not None:
+        acc = acc.add_(bias.reshape(1, C, 1, 1))
+    return acc.contiguous(memory_format=torch.channels_last)
+
+
+def conv1ch(lib: ctypes.CDLL, x, weight, bias, stride, padding, dilation, out=None, threads: int = 1):
+    """:func:`conv1ch_torch` by the C kernel, without gradients: ``x`` [N, 1, H, W] dense float32;
+    returns a channels-last [N, C, OH, OW] tensor, written into ``out`` ([N, OH, OW, C], dense)
+    when given."""
+    C, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    n, _, H, W = x.shape
+    oh, ow = conv_out_size(H, kh, sh, ph, dh), conv_out_size(W, kw, sw, pw, dw)
+    if out is None:
+        out = x.new_empty((n, oh, ow, C))
+    _check(x, out, "conv1ch")
+    x = x.contiguous()
+    wt = weight.detach().to(torch.float32).reshape(C, kh * kw).t().contiguous()  # [kh*kw, C]
+    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    if x.shape[1] != 1 or out.shape != (n, oh, ow, C) or not out.is_contiguous() or min(oh, ow) < 1:
+        raise ValueError(f"conv1ch: needs x [N, 1, H, W] and out [N, {oh}, {ow}, {C}], got {tuple(x.shape)} -> "
+                         f"{tuple(out.shape)}")
+    rc = lib.sdsnn_conv1ch(x.data_ptr(), n, H, W, wt.data_ptr(), None if b is None else b.data_ptr(), C,
+                           kh, kw, sh, sw, ph, pw, dh, dw, out.data_ptr(), oh, ow, threads)
+    _raise_for(rc, "conv1ch")
+    return out.permute(0, 3, 1, 2)

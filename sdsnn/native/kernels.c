@@ -1,4 +1,8 @@
-/* Fused multi-step LIF / PLIF neurons for CPU inference (see sdsnn/native/__init__.py).
+/* Native CPU kernels for stateless inference (see sdsnn/native/__init__.py): fused multi-step
+   LIF / PLIF neurons, and the convolution of a 1-channel input (the first layer of MNIST-like
+   networks, see conv1ch below).
+
+   Neurons (sdsnn_lif_*): fused multi-step LIF / PLIF for CPU inference.
 
    Each neuron starts at rest (v = 0), integrates T time steps and resets hard to 0, with the
    arithmetic of spikingjelly's CPU kernel as sdsnn.models._lif_inference writes it:
@@ -12,6 +16,7 @@
    inference).  Work is split across `threads` POSIX threads. */
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 static inline void lif_span(const float* restrict x, float* restrict v, float* restrict s, long m,
                             int first, int mode, float k, float thr) {
@@ -36,6 +41,7 @@ typedef struct {
   long H, W, C;                                  /* pooled: channels-last sample shape */
   long cs;                                       /* pooled, rows: input floats per pixel (>= C) */
   int T, mode, pool; float k, thr; int err;
+  const void* ctx;                               /* conv1ch: its arguments */
 } job_t;
 
 /* rows: n pixels of C channels each, input pixel stride cs (a slice of a wider tensor, e.g. a
@@ -102,9 +108,67 @@ static void* run_pool(job_t* j) {
   return NULL;
 }
 
+/* The convolution of a 1-channel image, output channels-last:
+     y[n, oy, ox, c] = (sum over k = (ky, kx), in that order, of w[k][c] * x[n, iy, ix]) + b[c]
+   with zeros outside the image.  Each output is summed in this fixed order whatever C is, so a
+   network whose first layer lost output channels to pruning computes the kept channels' values
+   bit for bit as the full layer does (compaction changes no output); sdsnn.models repeats the
+   same operations with torch ops where this library is not available.  Vectorised over blocks of
+   16 output channels (weights zero-padded to a multiple of 16) and register-blocked over 8
+   output pixels of a row, from zero-padded copies of the kh input rows. */
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+#define CB 16
+#define PB 8
+typedef struct {
+  const float* x; long H, W; const float* w; const float* b; long C, CP;  /* w: [kh*kw][CP], b: [CP] */
+  int kh, kw, sh, sw, ph, pw, dh, dw; float* y; long OH, OW, L;           /* L: padded row length */
+} conv_t;
+
+static void* run_conv(job_t* j) {
+  const conv_t* a = j->ctx;
+  long C = a->C, CP = a->CP, OW = a->OW, L = a->L;
+  float* rows = calloc((size_t)a->kh * L, sizeof(float));
+  if (!rows) { j->err = 1; return NULL; }
+  for (long r = j->i0; r < j->i1; r++) {
+    long n = r / a->OH, oy = r % a->OH;
+    for (int ky = 0; ky < a->kh; ky++) {  /* the input rows this output row reads, zero-padded */
+      long iy = oy * a->sh - a->ph + (long)ky * a->dh;
+      float* xr = rows + ky * L + a->pw;
+      if (iy < 0 || iy >= a->H) memset(xr, 0, a->W * sizeof(float));
+      else memcpy(xr, a->x + (n * a->H + iy) * a->W, a->W * sizeof(float));
+    }
+    float* yr = a->y + r * OW * C;
+    for (long ox0 = 0; ox0 < OW; ox0 += PB) {
+      long np = OW - ox0 < PB ? OW - ox0 : PB;
+      for (long c0 = 0; c0 < CP; c0 += CB) {
+        v16 acc[PB];
+#pragma GCC unroll 8
+        for (int p = 0; p < PB; p++) acc[p] = (v16){0};
+        for (int ky = 0; ky < a->kh; ky++) {
+          const float* xr = rows + ky * L + ox0 * a->sw;
+          for (int kx = 0; kx < a->kw; kx++) {
+            v16 wv = *(const v16*)(a->w + ((long)ky * a->kw + kx) * CP + c0);
+            const float* xk = xr + (long)kx * a->dw;
+#pragma GCC unroll 8
+            for (int p = 0; p < PB; p++) { v16 t = wv * xk[p * a->sw]; acc[p] = acc[p] + t; }
+          }
+        }
+        long m = C - c0 < CB ? C - c0 : CB;
+        for (long p = 0; p < np; p++) {
+          float* yo = yr + (ox0 + p) * C + c0;
+          if (a->b) for (long i = 0; i < m; i++) yo[i] = acc[p][i] + a->b[c0 + i];
+          else for (long i = 0; i < m; i++) yo[i] = acc[p][i];
+        }
+      }
+    }
+  }
+  free(rows);
+  return NULL;
+}
+
 static void* run(void* arg) {
   job_t* j = arg;
-  return j->pool == 1 ? run_pool(j) : j->pool == 2 ? run_rows(j) : run_flat(j);
+  return j->pool == 3 ? run_conv(j) : j->pool == 1 ? run_pool(j) : j->pool == 2 ? run_rows(j) : run_flat(j);
 }
 
 /* 0 on success (also for no work at all), 1 when memory ran out (the output is then incomplete);
@@ -160,4 +224,30 @@ int sdsnn_lif_pool_seq(const float* x, long xs, float* out, long os, long N, lon
   if (H < 2 || W < 2 || C < 1 || cs < C) return 2;  /* the caller must not ask */
   job_t j = {x, xs, out, os, 0, 0, 0, H, W, C, cs, T, mode, 1, k, thr, 0};
   return dispatch(j, N * (H / 2), threads);
+}
+
+/* x: [N, H, W] (one channel, dense); w: [kh, kw, C] (dense, the conv weight transposed); b: [C] or
+   NULL; y: [N, OH, OW, C] (dense), OH and OW as torch computes them from the geometry. */
+int sdsnn_conv1ch(const float* x, long N, long H, long W, const float* w, const float* b, long C,
+                  int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                  float* y, long OH, long OW, int threads) {
+  if (N < 0 || H < 1 || W < 1 || C < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 ||
+      dh < 1 || dw < 1 || OH < 0 || OW < 0 ||
+      (OH > 0 && (OH - 1) * sh + (long)(kh - 1) * dh >= H + 2L * ph) ||
+      (OW > 0 && (OW - 1) * sw + (long)(kw - 1) * dw >= W + 2L * pw))
+    return 2;
+  long K = (long)kh * kw, CP = (C + CB - 1) / CB * CB;
+  /* a padded row: pw zeros, the image row, then zeros far enough for the last pixel block */
+  long L = pw + W + (OW + PB) * sw + (long)(kw - 1) * dw + 1;
+  float* wb = calloc((size_t)(K + 1) * CP, sizeof(float));
+  if (!wb) return 1;
+  for (long k = 0; k < K; k++) memcpy(wb + k * CP, w + k * C, C * sizeof(float));
+  if (b) memcpy(wb + K * CP, b, C * sizeof(float));
+  conv_t a = {x, H, W, wb, b ? wb + K * CP : NULL, C, CP, kh, kw, sh, sw, ph, pw, dh, dw, y, OH, OW, L};
+  job_t j;
+  memset(&j, 0, sizeof j);
+  j.T = 1; j.pool = 3; j.ctx = &a;
+  int rc = dispatch(j, N * OH, threads);
+  free(wb);
+  return rc;
 }
