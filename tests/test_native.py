@@ -402,3 +402,7 @@ def test_conv1ch_kept_channels_get_the_full_layers_values():
     assert torch.equal(full[:, keep], part)
     assert torch.equal(native.conv1ch_torch(x, w[keep], b[keep], *geom), part)
     assert torch.equal(native.conv1ch_torch(x, w, b, *geom), full)
+    # the differentiable route (eval mode with gradients) sums the same way
+    wg = w.clone().requires_grad_(True)
+    y = native.conv1ch_torch(x[:5], wg, b, *geom)
+    assert y.requires_grad and torch.equal(y.detach(), full[:5])

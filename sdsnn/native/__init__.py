@@ -314,27 +314,53 @@ def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def conv1ch_torch(x, weight, bias, stride, padding, dilation):
+def conv1ch_torch(x, weight, bias, stride, padding, dilation, group: int = 8):
     """The convolution of a 1-channel input ``x`` [N, 1, H, W] with ``weight`` [C, 1, kh, kw] (and
     ``bias`` [C] or None), zero padding, as :func:`conv1ch` computes it: each output is
     ``((w_0 x_0 + w_1 x_1) + ... + w_{K-1} x_{K-1}) + b``, kernel positions in row-major order,
     every product and sum rounded to float32 on its own.  No output value depends on how many
     output channels there are, so a first layer with pruned channels removed computes the kept
     ones exactly (unlike a GEMM, whose kernel choice depends on the width).  Differentiable;
-    returns a channels-last [N, C, OH, OW] tensor."""
+    returns a channels-last [N, C, OH, OW] tensor.  Without gradients it works through ``group``
+    images at a time in reused buffers, which stay in cache."""
     C, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    n = x.shape[0]
     oh, ow = conv_out_size(x.shape[2], kh, sh, ph, dh), conv_out_size(x.shape[3], kw, sw, pw, dw)
     xp = torch.nn.functional.pad(x, (pw, pw, ph, ph))
-    acc = None
-    for ky in range(kh):
-        for kx in range(kw):
-            xs = xp[:, :, ky * dh: ky * dh + (oh - 1) * sh + 1: sh, kx * dw: kx * dw + (ow - 1) * sw + 1: sw]
-            t = xs * weight[:, :, ky, kx].reshape(1, C, 1, 1)  # [N, C, OH, OW]: products, rounded
+    taps = [(ky, kx) for ky in range(kh) for kx in range(kw)]
+
+    def tap(xg, ky, kx):  # the inputs kernel position (ky, kx) reads, [g, 1, OH, OW]
+        return xg[:, :, ky * dh: ky * dh + (oh - 1) * sh + 1: sh, kx * dw: kx * dw + (ow - 1) * sw + 1: sw]
+
+    def w_at(ky, kx):
+        return weight[:, :, ky, kx].reshape(1, C, 1, 1)
+
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    if grad:
+        acc = None
+        for ky, kx in taps:
+            t = tap(xp, ky, kx) * w_at(ky, kx)  # [N, C, OH, OW]: products, rounded
             acc = t if acc is None else acc.add_(t)
-    if bias is not None:
-        acc = acc.add_(bias.reshape(1, C, 1, 1))
-    return acc.contiguous(memory_format=torch.channels_last)
+        if bias is not None:
+            acc = acc.add_(bias.reshape(1, C, 1, 1))
+        return acc.contiguous(memory_format=torch.channels_last)
+    out = x.new_empty((n, oh, ow, C))
+    acc = x.new_empty((min(group, n), C, oh, ow))
+    tmp = torch.empty_like(acc)
+    for i in range(0, n, group):
+        xg = xp[i:i + group]
+        a, t = acc[:xg.shape[0]], tmp[:xg.shape[0]]
+        for j, (ky, kx) in enumerate(taps):
+            if j == 0:
+                torch.mul(tap(xg, ky, kx), w_at(ky, kx), out=a)
+            else:
+                a.add_(torch.mul(tap(xg, ky, kx), w_at(ky, kx), out=t))
+        if bias is not None:
+            a.add_(bias.reshape(1, C, 1, 1))
+        out[i:i + group].copy_(a.permute(0, 2, 3, 1))
+    return out.permute(0, 3, 1, 2)
 
 
 def conv1ch(lib: ctypes.CDLL, x, weight, bias, stride, padding, dilation, out=None, threads: int = 1):
