@@ -306,15 +306,12 @@ def _conv_1ch_channels_last(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tens
     """
     geom = (conv.stride, conv.padding, conv.dilation)
     lib = native.load()
-    if lib is None or x.dtype != torch.float32 or weight.dtype != torch.float32 or (
-            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                         or (bias is not None and bias.requires_grad))):
+    if (lib is None or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or native.needs_grad(x, weight, bias)):
         return native.conv1ch_torch(x, weight, bias, *geom)
-    n, c_out = x.shape[0], weight.shape[0]
-    oh, ow = (native.conv_out_size(size, k, s, p, d)
-              for size, k, s, p, d in zip(x.shape[2:], conv.kernel_size, *geom))
-    y = _reuse(ws, "conv1ch", x, lambda: x.new_empty((n, oh, ow, c_out)))
-    work = n * oh * ow * c_out * weight[0].numel()
+    shape = native.conv1ch_out_shape(x, weight, *geom)
+    y = _reuse(ws, "conv1ch", x, lambda: x.new_empty(shape))
+    work = y.numel() * weight[0].numel()
     threads = max(1, min(torch.get_num_threads(), work >> 18))
     return native.conv1ch(lib, x, weight, bias, *geom, out=y, threads=threads)
 
@@ -433,15 +430,17 @@ class SpikingBlock(nn.Module):
             # narrow layers: the neurons would read short per-pixel runs and lose what the conv
             # gains (measured: 10 -> 16 and 19 -> 32 channels slower end to end)
             return None
+        key = (tuple(x.shape), padded)
+        choice = self.__dict__.setdefault("_pad_choice", {}) if self.conv_pad_policy == "auto" else None
+        if choice is not None and choice.get(key) is False:
+            return None  # decided before: not worth it (checked first: no padded weights built)
         wp = torch.cat([w, w.new_zeros((padded - oc,) + tuple(w.shape[1:]))])
         bp = None if b is None else torch.cat([b, b.new_zeros(padded - oc)])
-        if self.conv_pad_policy == "auto":
-            key = (tuple(x.shape), padded)
-            choice = self.__dict__.setdefault("_pad_choice", {})
-            if key not in choice:  # padded only where it is faster and gives the very same values
-                same = torch.equal(conv._conv_forward(x, wp, bp)[:, :oc], conv._conv_forward(x, w, b))
-                choice[key] = same and _faster(lambda: conv._conv_forward(x, wp, bp),
-                                               lambda: conv._conv_forward(x, w, b))
+        if choice is not None and key not in choice:
+            # padded only where it is faster and gives the very same values
+            same = torch.equal(conv._conv_forward(x, wp, bp)[:, :oc], conv._conv_forward(x, w, b))
+            choice[key] = same and _faster(lambda: conv._conv_forward(x, wp, bp),
+                                           lambda: conv._conv_forward(x, w, b))
             if not choice[key]:
                 return None
         return conv._conv_forward(x, wp, bp)[:, :oc]

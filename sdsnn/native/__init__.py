@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 
 __all__ = ["load", "status", "set_enabled", "cache_dir", "lif_seq", "lif_channels", "lif_pool_seq", "pixel_stride",
-           "conv1ch", "conv1ch_torch", "conv_out_size", "SWITCH"]
+           "conv1ch", "conv1ch_torch", "conv1ch_out_shape", "needs_grad", "SWITCH"]
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +308,20 @@ def lif_pool_seq(lib: ctypes.CDLL, x, out, mode: int, k: float, thr: float, thre
     _raise_for(rc, "lif_pool_seq")
 
 
-def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    """Output length of a convolution along one axis (input ``size``, kernel ``k``, stride ``s``,
-    padding ``p``, dilation ``d``), as torch computes it."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+def conv1ch_out_shape(x, weight, stride, padding, dilation) -> tuple[int, int, int, int]:
+    """``(N, OH, OW, C)``: the channels-last output shape of :func:`conv1ch` for ``x`` [N, 1, H, W]
+    and ``weight`` [C, 1, kh, kw], as torch computes a convolution's output size."""
+    sizes = (
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    )
+    oh, ow = sizes
+    return x.shape[0], oh, ow, weight.shape[0]
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd records an operation on these tensors (None entries ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def conv1ch_torch(x, weight, bias, stride, padding, dilation, group: int = 8):
@@ -323,10 +333,9 @@ def conv1ch_torch(x, weight, bias, stride, padding, dilation, group: int = 8):
     ones exactly (unlike a GEMM, whose kernel choice depends on the width).  Differentiable;
     returns a channels-last [N, C, OH, OW] tensor.  Without gradients it works through ``group``
     images at a time in reused buffers, which stay in cache."""
-    C, _, kh, kw = weight.shape
+    n, oh, ow, C = conv1ch_out_shape(x, weight, stride, padding, dilation)
+    kh, kw = weight.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    n = x.shape[0]
-    oh, ow = conv_out_size(x.shape[2], kh, sh, ph, dh), conv_out_size(x.shape[3], kw, sw, pw, dw)
     xp = torch.nn.functional.pad(x, (pw, pw, ph, ph))
     taps = [(ky, kx) for ky in range(kh) for kx in range(kw)]
 
@@ -336,9 +345,7 @@ def conv1ch_torch(x, weight, bias, stride, padding, dilation, group: int = 8):
     def w_at(ky, kx):
         return weight[:, :, ky, kx].reshape(1, C, 1, 1)
 
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad))
-    if grad:
+    if needs_grad(x, weight, bias):
         acc = None
         for ky, kx in taps:
             t = tap(xp, ky, kx) * w_at(ky, kx)  # [N, C, OH, OW]: products, rounded
@@ -367,10 +374,10 @@ def conv1ch(lib: ctypes.CDLL, x, weight, bias, stride, padding, dilation, out=No
     """:func:`conv1ch_torch` by the C kernel, without gradients: ``x`` [N, 1, H, W] dense float32;
     returns a channels-last [N, C, OH, OW] tensor, written into ``out`` ([N, OH, OW, C], dense)
     when given."""
-    C, _, kh, kw = weight.shape
+    n, oh, ow, C = conv1ch_out_shape(x, weight, stride, padding, dilation)
+    kh, kw = weight.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    n, _, H, W = x.shape
-    oh, ow = conv_out_size(H, kh, sh, ph, dh), conv_out_size(W, kw, sw, pw, dw)
+    H, W = x.shape[2:]
     if out is None:
         out = x.new_empty((n, oh, ow, C))
     _check(x, out, "conv1ch")
