@@ -77,3 +77,34 @@ def fake_trial(config, *, base, study_dir, data_root=None):
 def noop_trial(config, *, base, study_dir, data_root=None):
     """Does nothing but report once: measures the fixed per-trial overhead."""
     tune.report({"epoch": 1.0, "val_acc": 0.5, "energy_pj": 1.0, "trial_status": "running"})
+
+
+def real_trial_failing_once(config, *, base, study_dir, data_root=None):
+    """The real trainable (``run_trial``: real training), except that the first trial to take the
+    marker ``<results>/<study>.fail_after_epoch_once`` raises right after its first epoch was
+    reported. Every epoch trained is logged to ``<study>/executions.log`` as ``<trial> <epoch>``."""
+    import sdsnn.train as st
+    from sdsnn_search.trainable import run_trial
+
+    tid = tune.get_context().get_trial_id()
+    marker = Path(study_dir).parent / f"{Path(study_dir).name}.fail_after_epoch_once"
+    real = st.train
+
+    def train(cfg, run_dir, *, on_epoch, **kw):
+        def cb(metrics, path):
+            on_epoch(metrics, path)
+            with open(Path(study_dir) / "executions.log", "a") as f:
+                f.write(f"{tid} {int(metrics['epoch'])}\n")
+            try:
+                os.rename(marker, marker.with_name(f"{marker.name}.taken-by-{tid}"))
+            except FileNotFoundError:
+                return
+            raise RuntimeError("deliberate failure after an epoch, for the test")
+
+        return real(cfg, run_dir, on_epoch=cb, **kw)
+
+    st.train = train
+    try:
+        run_trial(config, base=base, study_dir=study_dir, data_root=data_root)
+    finally:
+        st.train = real

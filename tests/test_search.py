@@ -200,6 +200,69 @@ def test_end_to_end_digits_real_training(ray_session, tmp_path):
     assert searched["config/plasticity.shrink_factor"].between(0.5, 0.9).all()
 
 
+def test_real_trial_restarted_by_ray_resumes_from_its_run_folder(ray_session, tmp_path):
+    """The real trainable reports a marker checkpoint (a few bytes, never checkpoint.pt) each
+    epoch; when Ray restarts a trial that failed after epoch 1, training goes on from the run
+    folder's checkpoint (epoch 1 is not trained again) and ends with the numbers of an
+    uninterrupted run of the same config."""
+    from sdsnn.config import ExperimentConfig
+    from sdsnn.train import train
+    from sdsnn_search.trainable import MARKER_NAME
+
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "flaky.fail_after_epoch_once").write_text("")
+    spec = parse_space({
+        "dataset": "digits",
+        "experiment": {"data": {"time_steps": 2, "batch_size": 32, "train_limit": 320},
+                       "model": {"name": "mlp", "depth": 1, "width": 24},
+                       "plasticity": {"develop_every": 2, "spine_window": 1, "rho_init_fc": 10.0},
+                       "train": {"epochs": 2, "threads": 1}, "energy": {"batches": 1}},
+        "params": {"train.lr": {"type": "loguniform", "low": 2e-3, "high": 5e-3}},
+        "search": {"num_samples": 1, "max_concurrent": 1, "sampler": "random", "max_failures": 1,
+                   "seed": 1, "baseline": False},
+    })
+    out = run_study(spec, results_dir=tmp_path / "res", name="flaky", trainable=search_fakes.real_trial_failing_once,
+                    progress=False)
+    row = out.table.iloc[0]
+    assert len(out.table) == 1 and row["status"] == "completed" and row["epochs"] == 2, out.table
+    tid = row["trial_id"]
+    assert next((tmp_path / "res").glob("flaky.fail_after_epoch_once.taken-by-*")).name.endswith(tid)
+    assert (out.study_dir / "executions.log").read_text().split("\n")[:-1] == [f"{tid} 1", f"{tid} 2"]
+
+    ray_dir = out.study_dir / "ray"
+    markers = sorted(ray_dir.rglob(MARKER_NAME))
+    assert markers and json.loads(markers[-1].read_text()) == {"trial_id": tid, "epoch": 2}
+    assert not list(ray_dir.rglob("checkpoint.pt"))
+    assert sum(f.stat().st_size for f in ray_dir.rglob("checkpoint_*/*") if f.is_file()) < 1000
+
+    run_dir = Path(row["run_dir"])
+    cfg = ExperimentConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    ref = train(cfg, tmp_path / "uninterrupted", progress=False)
+    got = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in hs]  # noqa: E731
+    assert strip(got) == strip(ref.history)
+    assert row["val_acc"] == ref.history[-1]["val_acc"]
+
+
+def test_restart_without_the_run_folders_checkpoint_says_where_it_looked(tmp_path):
+    from sdsnn_search.trainable import MARKER_NAME, restore_run_dir
+
+    src = tmp_path / "ray_ckpt"
+    src.mkdir()
+    (src / MARKER_NAME).write_text(json.dumps({"trial_id": "t1", "epoch": 3}))
+    with pytest.raises(RuntimeError, match=r"trial t1: Ray restarted it after epoch 3, but its run folder .*/gone holds no checkpoint.pt"):
+        restore_run_dir(src, tmp_path / "gone", "t1")
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "checkpoint.pt").write_bytes(b"x")
+    restore_run_dir(src, tmp_path / "here", "t1")  # the state is there: nothing to do
+    # a checkpoint from before markers is a copy of the run folder, copied back when needed
+    old = tmp_path / "old_ckpt"
+    old.mkdir()
+    (old / "checkpoint.pt").write_bytes(b"state")
+    restore_run_dir(old, tmp_path / "fresh", "t1")
+    assert (tmp_path / "fresh" / "checkpoint.pt").read_bytes() == b"state"
+
+
 def _run_driver(study_root: Path, spec_raw: dict, env: dict) -> subprocess.Popen:
     code = (
         "import sys, json; sys.path.insert(0, %r); import ray.cloudpickle, search_fakes; "
