@@ -221,7 +221,7 @@ def feasible_mask(trials: pd.DataFrame, constraints: Sequence[Constraint]) -> np
     ok = np.ones(len(trials), dtype=bool)
     for c in constraints:
         if c.op not in (">=", "<="):
-            raise UserError(f"constraint '{c}' has unknown operator {c.op!r}; use '>=' or '<=' in the space file")
+            raise UserError(f"constraint '{c}' has unknown operator {c.op!r}; use '>=' or '<=' (constraints come from the study's study.json: fix them there)")
         if c.metric not in trials.columns:
             raise UserError(
                 f"constraint metric '{c.metric}' is not a column of the trials table; "

@@ -197,10 +197,18 @@ class ProgressView(Callback):
         df = outcome.table
         front = pareto_rows(df, self.objectives, getattr(self, "constraints", None))
         if front is not None and len(front):
-            searched = int(((df["status"] == "completed") & ~df["is_baseline"].astype(bool)).sum())
-            cons = "; ".join(f"{c['metric']} {c['op']} {c['value']:g}" for c in getattr(self, "constraints", []))
-            t = Table(title=f"Pareto set of {outcome.name}: {len(front)} of {searched} completed search trials"
-                            f"{' satisfying ' + cons if cons else ''}")
+            done = df[(df["status"] == "completed") & ~df["is_baseline"].astype(bool)]
+            constraints = getattr(self, "constraints", None) or []
+            cons = "; ".join(f"{c['metric']} {c['op']} {c['value']:g}" for c in constraints)
+            if constraints:
+                from .pareto import Constraint, feasible_mask
+
+                feasible = int(feasible_mask(done, [Constraint(str(c["metric"]), str(c["op"]), float(c["value"]))
+                                                    for c in constraints]).sum())
+                of = f"{feasible} feasible ({cons}) / {len(done)} completed search trials"
+            else:
+                of = f"{len(done)} completed search trials"
+            t = Table(title=f"Pareto set of {outcome.name}: {len(front)} on the front of {of}")
             t.add_column("trial")
             for o in self.objectives:
                 t.add_column(f"{o['metric']} ({o['mode']})", justify="right")
@@ -217,8 +225,9 @@ class ProgressView(Callback):
             vals = "  ".join(f"{o['metric']}={_fmt(r.get(o['metric']))}" for o in self.objectives)
             console.print(f"dense baseline {r['trial_id']} ({r['status']}): {vals}")
         c = outcome.counts
-        console.print(f"trials: {c.get('completed', 0)} completed, {c.get('failed', 0) + c.get('nan', 0)} failed"
-                      f"{', study interrupted: continue with  sdsnn-search resume ' + str(outcome.study_dir) if outcome.interrupted else ''}")
+        cut = f", {c['interrupted']} interrupted" if c.get("interrupted") else ""
+        console.print(f"trials: {c.get('completed', 0)} completed, {c.get('failed', 0) + c.get('nan', 0)} failed{cut}"
+                      f"{'; study interrupted: continue with  sdsnn-search resume ' + str(outcome.study_dir) if outcome.interrupted else ''}")
         if c.get("failed", 0) and not outcome.interrupted:
             console.print(f"{c['failed']} failed (not NaN): once the cause is fixed, run them again with  "
                           f"sdsnn-search resume {outcome.study_dir} --retry-failed")

@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -537,6 +538,10 @@ def run_study(
 
             check_resources(spec, where, cluster=ray.cluster_resources())
         study_dir = study_dir.resolve()
+        made = study_dir  # the topmost folder this call creates (cleaned up if the start fails)
+        while not made.parent.exists():
+            made = made.parent
+        existed = study_dir.exists()  # then empty (checked above)
         study_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri or _default_uri(study_dir)
         info = {
@@ -562,11 +567,23 @@ def run_study(
         write_study(study_dir, info)
         from .tracking import start_study_run
 
-        exp_id, parent = start_study_run(
-            tracking_uri=uri, experiment_name=study_name, study_dir=study_dir, study_name=study_name,
-            spec_dict=spec.to_dict(), space_file=space_file, seed=spec.search.seed,
-            artifact_location=(study_dir / "mlartifacts").as_uri() if tracking_uri is None else None,
-        )
+        try:
+            exp_id, parent = start_study_run(
+                tracking_uri=uri, experiment_name=study_name, study_dir=study_dir, study_name=study_name,
+                spec_dict=spec.to_dict(), space_file=space_file, seed=spec.search.seed,
+                artifact_location=(study_dir / "mlartifacts").as_uri() if tracking_uri is None else None,
+            )
+        except Exception as e:
+            # nothing half-written: the folder was empty or absent (checked above) and holds
+            # only what this call wrote
+            for child in list(study_dir.iterdir()) if existed else [made]:
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            if tracking_uri is None:
+                raise
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"--tracking-uri {tracking_uri}: MLflow cannot open this tracking store ({why}); give an "
+                            f"http(s)://, sqlite:/// or file: URI, or leave --tracking-uri out to use the study's own "
+                            f"store") from None
         info.update(parent_run_id=parent, experiment_id=exp_id)
         write_study(study_dir, info)
         return _execute(spec, study_dir, info, trainable=trainable, restore=False, progress=progress)

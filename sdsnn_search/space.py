@@ -114,7 +114,7 @@ class SearchSettings(_Strict):
     sampler: Literal["nsga2", "tpe", "random", "gp"] = "nsga2"
     num_samples: int = Field(12, ge=1)  # searched trials (the dense baseline comes on top)
     max_concurrent: int = Field(2, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the samplers' (numpy) seed range
     epochs: Optional[int] = Field(None, ge=1)  # overrides experiment.train.epochs
     time_budget_s: Optional[float] = Field(None, gt=0)
     max_failures: int = Field(0, ge=0)  # retries per trial after an error
@@ -216,6 +216,18 @@ def _check_model_names(spec: SearchSpec, fail: Callable[[str, str], None]) -> No
                        f"register_model in a plugin, see 'Extending' in the README)")
 
 
+def _check_experiment(spec: SearchSpec, where: str, *, as_written: bool) -> None:
+    """The fixed experiment config must validate: ``as_written`` in the file (only the dataset
+    added), else as the trials get it (:meth:`SearchSpec.base_config`)."""
+    try:
+        d = apply_overrides(spec.experiment, {"data.dataset": spec.dataset}) if as_written else spec.base_config()
+        ExperimentConfig.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where).replace("field '", "field 'experiment.", 1)) from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: field 'experiment': {e}") from None
+
+
 def _check(spec: SearchSpec, where: str) -> None:
     """Semantic checks beyond types; raise ConfigError naming the field."""
 
@@ -233,13 +245,10 @@ def _check(spec: SearchSpec, where: str) -> None:
     if "dataset" in (spec.experiment.get("data") or {}):
         fail("experiment.data.dataset", "set the dataset with the top-level 'dataset' field instead")
 
-    # the fixed config alone must be valid
-    try:
-        ExperimentConfig.model_validate(spec.base_config())
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where).replace("field '", "field 'experiment.", 1)) from None
-    except ConfigError as e:
-        raise ConfigError(f"{where}: field 'experiment': {e}") from None
+    # the fixed config alone must be valid, as written (before search.epochs and the resources
+    # replace some of its fields) and as the trials get it
+    _check_experiment(spec, where, as_written=True)
+    _check_experiment(spec, where, as_written=False)
 
     device = str((spec.base_config().get("train") or {}).get("device") or "")
     if device.startswith("cuda") and spec.resources.gpu <= 0:
@@ -335,8 +344,15 @@ def parse_space(raw: Any, where: str = "<space>") -> SearchSpec:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping (dataset, experiment, params, ...)")
+    spec = _validate_schema(raw, where)
+    _check(spec, where)
+    return spec
+
+
+def _validate_schema(raw: dict[str, Any], where: str) -> SearchSpec:
+    """Types and ranges of every field (pydantic); ConfigError naming the first bad field."""
     try:
-        spec = SearchSpec.model_validate(raw)
+        return SearchSpec.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = [str(x) for x in first.get("loc", ())]
@@ -347,8 +363,6 @@ def parse_space(raw: Any, where: str = "<space>") -> SearchSpec:
         if first.get("type") == "extra_forbidden":
             msg = "unknown field (check the spelling; see sdsnn_search/space.py for the schema)"
         raise ConfigError(f"{where}: field '{path}': {msg}") from None
-    _check(spec, where)
-    return spec
 
 
 def load_space(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> SearchSpec:
@@ -367,5 +381,9 @@ def load_space(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> 
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping (dataset, experiment, params, ...)")
-        raw = apply_overrides(raw, {k: v for k, v in overrides.items() if v is not None})
+        # the file as written must be valid too: an override must not hide a bad value in it
+        _check_experiment(_validate_schema(raw, str(p)), str(p), as_written=True)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if given:
+            return parse_space(apply_overrides(raw, given), f"{p} (with the command-line options)")
     return parse_space(raw, str(p))

@@ -88,6 +88,39 @@ def test_bad_files_and_values_fail_in_one_line(tmp_path, monkeypatch):
     assert (study / "study.json").read_text() == "{bad"
 
 
+def test_values_that_used_to_slip_through(tmp_path, monkeypatch):
+    """Found by the second stranger's tour: an out-of-range seed crashed in Optuna's sampler and
+    left a study folder behind; a command-line override hid a bad value of the file; a repeated
+    key was silently dropped; an unknown tracking-URI scheme crashed after the folder was made."""
+    monkeypatch.chdir(tmp_path)
+    space = str(REPO / "search_spaces" / "digits.yaml")
+    text = (REPO / "search_spaces" / "digits.yaml").read_text()
+    small = ["--num-samples", "1", "--epochs", "1"]
+    _fails_cleanly(["run", "--space", space, *small, "--seed", "-5"], tmp_path,
+                   "(with the command-line options): field 'search.seed': Input should be greater than or equal to 0")
+    _fails_cleanly(["run", "--space", space, *small, "--seed", str(2**32)], tmp_path, "field 'search.seed'")
+    (tmp_path / "seed.yaml").write_text(text.replace("seed: 0,", "seed: -1,"))
+    _fails_cleanly(["spaces", "validate", "seed.yaml"], tmp_path, "seed.yaml: field 'search.seed'")
+    # the file as written is checked before the overrides replace its values
+    (tmp_path / "many.yaml").write_text(text.replace("num_samples: 14", "num_samples: many"))
+    _fails_cleanly(["run", "--space", "many.yaml", *small], tmp_path,
+                   "many.yaml: field 'search.num_samples': Input should be a valid integer")
+    (tmp_path / "neg.yaml").write_text(text.replace("train: {epochs: 4,", "train: {epochs: -1,"))
+    _fails_cleanly(["run", "--space", "neg.yaml", *small], tmp_path,
+                   "neg.yaml: field 'experiment.train.epochs': Input should be greater than or equal to 1")
+    assert "train: {epochs: -1," in (tmp_path / "neg.yaml").read_text() and "seed: 0," in text  # the edits took
+    (tmp_path / "twice.yaml").write_text(text.replace(
+        "  train.lr: {type: loguniform", "  train.lr: {type: uniform, low: 0, high: 1}\n  train.lr: {type: loguniform"))
+    line = next(i for i, l in enumerate((tmp_path / "twice.yaml").read_text().splitlines(), 1) if "train.lr" in l)
+    _fails_cleanly(["spaces", "validate", "twice.yaml"], tmp_path,
+                   f"twice.yaml: line {line + 1}: key 'train.lr' appears twice in the same mapping (first on line {line})")
+    (tmp_path / "cfg.yaml").write_text("train: {epochs: 1}\ntrain: {epochs: 2}\n")
+    _fails_cleanly(["train", "--config", "cfg.yaml"], tmp_path, "key 'train' appears twice")
+    # MLflow refuses the scheme only once the study starts: the folders made by then are removed
+    _fails_cleanly(["run", "--space", space, *small, "--name", "t", "--results-dir", "res",
+                    "--tracking-uri", "foo://bar"], tmp_path, "--tracking-uri foo://bar: MLflow cannot open this tracking store")
+
+
 def test_train_refuses_to_overwrite_and_to_resume_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["train", "--dataset", "digits", "--epochs", "1", "--no-baseline", "--set", "data.train_limit=100",
