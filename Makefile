@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 $(BIN)/sdsnn-search: setup.cfg constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip wheel
-	$(BIN)/pip install -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/sdsnn-search
