@@ -251,11 +251,15 @@ def pareto(dirs, out_dir, log_mlflow) -> None:
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Register in the study's MLflow model registry with an alias named after the pick.")
 @click.option("--overwrite", is_flag=True, help="Replace pick folders that exist in --out (default: refuse).")
-def export_cmd(study_dir, pick, out_dir, register, overwrite) -> None:
+@click.option("--trial", "trial_id", default=None, metavar="ID",
+              help="Export this completed trial (an id of trials.csv, on the front or not) instead of a --pick.")
+def export_cmd(study_dir, pick, out_dir, register, overwrite, trial_id) -> None:
     """Export Pareto-picked trials as compact models (safetensors + JSON) with a model card."""
     from sdsnn_search.export import export_study
 
-    for e in export_study(study_dir, pick, out_dir, register=register, overwrite=overwrite):
+    if trial_id is not None and click.get_current_context().get_parameter_source("pick").name != "DEFAULT":
+        raise click.UsageError("give --pick or --trial, not both")
+    for e in export_study(study_dir, pick, out_dir, register=register, overwrite=overwrite, trial=trial_id):
         t, p, s = e.card["test"], e.card["parameters"], e.card["speed"]
         click.echo(f"{e.alias}: trial {e.trial_id} -> {e.folder}")
         click.echo(f"  test acc {t['acc']:.4f} on {t['samples']} samples; predictions after reload: "

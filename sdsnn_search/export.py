@@ -376,9 +376,28 @@ def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dic
             "uri": f"models:/{name}@{exp.alias}"}, None
 
 
+def pick_trial_by_id(res: ParetoResult, trial_id: str) -> tuple[str, pd.Series]:
+    """(alias ``trial-<id>``, row) of one completed trial of the analysis, on the front or not,
+    with the same comparison to the dense baseline as the front's rows."""
+    from .pareto import _accuracy_metric, _add_deltas
+
+    rows = res.trials[res.trials["trial_id"].astype(str) == str(trial_id)]
+    if not len(rows):
+        known = ", ".join(res.trials["trial_id"].astype(str).tolist()[:8])
+        raise UserError(f"--trial {trial_id}: no such trial in the study (its trials: {known}"
+                        f"{', ...' if len(res.trials) > 8 else ''}; see trials.csv)")
+    row = rows.iloc[0]
+    if str(row.get("status")) != "completed":
+        raise UserError(f"--trial {trial_id}: the trial is '{row.get('status')}', not completed; only a "
+                        f"completed trial has a final checkpoint to export")
+    row = _add_deltas(rows.iloc[:1], res.baselines, _accuracy_metric(res.objectives, res.trials.columns)).iloc[0]
+    return _alias(f"trial-{trial_id}"), row
+
+
 def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, register: bool = True,
-                 overwrite: bool = False, progress: bool = False) -> list[Exported]:
-    """Export the picked Pareto trials of one study folder (see module doc).
+                 overwrite: bool = False, progress: bool = False, trial: Optional[str] = None) -> list[Exported]:
+    """Export the picked Pareto trials of one study folder (see module doc), or with ``trial``
+    the one completed trial of that id (alias ``trial-<id>``), on the front or not.
 
     A pick folder that exists already is replaced only with ``overwrite`` (checked for every pick
     before anything is exported)."""
@@ -388,7 +407,7 @@ def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, regis
         raise UserError(f"--pick {pick!r} is not one of {', '.join(PICKS)}")
     study = load_study(study_dir)
     res = analyze([study])
-    picked = pick_trials(res, pick)
+    picked = [pick_trial_by_id(res, trial)] if trial is not None else pick_trials(res, pick)
     taken = [Path(out_dir) / alias for alias, _ in picked if (Path(out_dir) / alias).exists()]
     if taken and not overwrite:
         raise UserError(f"{taken[0]} exists already; replace it with --overwrite (the registry then gets a new "

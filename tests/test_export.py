@@ -157,6 +157,29 @@ def test_export_knee_alias_and_errors(study, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_export_one_trial_by_id_on_the_front_or_not(study, tmp_path):
+    from click.testing import CliRunner
+
+    from sdsnn import load_model
+    from sdsnn_search.cli import main
+    from sdsnn_search.pareto import analyze_studies
+
+    assert "base" not in set(analyze_studies([study])["digits"].front["trial_id"])  # exported although off the front
+    for tid in ["a", "b", "base"]:
+        r = CliRunner().invoke(main, ["export", str(study), "--trial", tid, "--out", str(tmp_path / "t"), "--no-register"])
+        assert r.exit_code == 0, r.output
+        card = json.loads((tmp_path / "t" / f"trial-{tid}" / "card.json").read_text())
+        assert card["trial_id"] == tid and card["alias"] == f"trial-{tid}"
+        model = load_model(tmp_path / "t" / f"trial-{tid}")
+        assert sum(p.numel() for p in model.parameters()) == card["parameters"]["compact"]
+
+    r = CliRunner().invoke(main, ["export", str(study), "--trial", "zzz", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "--trial zzz: no such trial" in r.output, r.output
+    r = CliRunner().invoke(main, ["export", str(study), "--trial", "a", "--pick", "knee", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "not both" in r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_moved_study_folder_still_exports_and_reports(study, tmp_path):
     """Copy the study elsewhere and remove the original (a study trained on a cluster, analysed on
     a laptop): trials.csv and study.json still name the old absolute paths, yet export finds the
