@@ -56,6 +56,9 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     state = torch.load(a.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    if state.get("slim"):
+        raise SystemExit(f"{a.run_dir}: a slim checkpoint (a completed search trial) keeps no development state; "
+                         f"give the run folder of a 'sdsnn-search train' or benchmark run")
     over = {"data.data_root": a.data_root} if a.data_root else {}
     cfg = ExperimentConfig.model_validate(apply_overrides(state["config"], over))
     model, dev = _build(cfg, state["input_shape"], state["num_classes"], state["static_input"], torch.device("cpu"))

@@ -36,6 +36,7 @@ __all__ = [
     "TrainResult",
     "Restored",
     "restore",
+    "slim_checkpoint",
     "evaluate",
     "predict",
     "resolve_device",
@@ -165,8 +166,12 @@ def evaluate(
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -248,6 +253,18 @@ def train(
     _seed_everything(cfg.seed)
     model, dev = _build(cfg, bundle.input_shape, bundle.num_classes, bundle.static_input, device)
     run_path = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run_path / CHECKPOINT_NAME if run_path is not None else None
+    state = None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        # read onto the CPU: load_state_dict moves each tensor to its parameter's device, and the
+        # random-number states must stay CPU byte tensors (set_rng_state refuses a CUDA one)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("slim"):  # refused before anything in the run folder changes
+            from .errors import UserError
+
+            raise UserError(f"{ckpt_path}: holds only the final model and masks (slimmed with "
+                            f"sdsnn.train.slim_checkpoint, as search trials are when they complete), not the "
+                            f"training state; it cannot be resumed: train a new run")
     if run_path is not None:  # only now: a config the model registry rejects leaves nothing behind
         run_path.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(run_path / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -264,11 +281,7 @@ def train(
 
     start_epoch, global_step = 0, 0
     history: list[dict[str, float]] = []
-    ckpt_path = run_path / CHECKPOINT_NAME if run_path is not None else None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        # read onto the CPU: load_state_dict moves each tensor to its parameter's device, and the
-        # random-number states must stay CPU byte tensors (set_rng_state refuses a CUDA one)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -281,6 +294,7 @@ def train(
         history = list(state["history"])
         if state.get("status") == "nan":
             return TrainResult("nan", history[-1] if history else {}, history, None, run_path)
+        state = None  # loaded: do not keep a CPU copy of the whole state through training
 
     energy_inputs = _energy_batches(bundle.val, cfg.energy.batches)
     status = "completed"
@@ -394,6 +408,36 @@ def train(
     return TrainResult(status, history[-1] if history else {}, history, test, run_path)
 
 
+#: What a slim checkpoint keeps: enough for :func:`restore` (model, masks, config, history).
+_SLIM_KEYS = ("version", "status", "config", "epoch", "global_step", "input_shape", "num_classes",
+              "static_input", "model", "history")
+
+
+def slim_checkpoint(run_dir: str | Path) -> tuple[int, int]:
+    """Rewrite ``run_dir/checkpoint.pt`` (atomically) with only what :func:`restore` needs: the
+    model, the masks and rho of every layer, the config and the history. The optimizer, the
+    scheduler, the random-number states and the development state (spines, counters, regrowth
+    signal: for the reference CIFAR-10 network about 11x the model's size) are dropped, so the
+    run can no longer be resumed (``train(resume=True)`` refuses it). Search trials do this when
+    they complete. Returns the file's size in bytes before and after; a slim file is left as is.
+    """
+    path = Path(run_dir) / CHECKPOINT_NAME
+    before = path.stat().st_size
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("slim"):
+        return before, before
+    out = {k: state[k] for k in _SLIM_KEYS if k in state}
+    out["slim"] = True
+    dev = state.get("development")
+    if dev is not None:
+        out["development"] = {
+            **{k: v for k, v in dev.items() if k != "layers"},
+            "layers": {name: {k: d[k] for k in ("group", "neuron", "rho")} for name, d in dev["layers"].items()},
+        }
+    _atomic_torch_save(out, path)
+    return before, path.stat().st_size
+
+
 def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
     """Rebuild a trained model and its masks from ``run_dir/checkpoint.pt`` (no pickle)."""
     path = Path(run_dir) / CHECKPOINT_NAME
@@ -407,7 +451,7 @@ def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
     model, dev = _build(cfg, state["input_shape"], state["num_classes"], state["static_input"], dev_t)
     model.load_state_dict(state["model"])
     if dev is not None and state.get("development") is not None:
-        dev.load_state_dict(state["development"])
+        dev.load_state_dict(state["development"], masks_only=bool(state.get("slim")))
     if dev is not None:  # the model goes out alone: no development hooks left on it
         dev.remove_hooks()
     model.eval()

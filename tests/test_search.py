@@ -242,6 +242,17 @@ def test_real_trial_restarted_by_ray_resumes_from_its_run_folder(ray_session, tm
     strip = lambda hs: [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in hs]  # noqa: E731
     assert strip(got) == strip(ref.history)
     assert row["val_acc"] == ref.history[-1]["val_acc"]
+    # the completed trial's checkpoint was slimmed; it restores the uninterrupted run's model and masks
+    import torch
+
+    from sdsnn.train import restore
+
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["slim"]
+    a, b = restore(run_dir), restore(tmp_path / "uninterrupted")
+    for k, v in b.model.state_dict().items():
+        assert torch.equal(v, a.model.state_dict()[k]), k
+    for k in b.masks:
+        assert torch.equal(a.masks[k].group, b.masks[k].group) and torch.equal(a.masks[k].neuron, b.masks[k].neuron)
 
 
 def test_restart_without_the_run_folders_checkpoint_says_where_it_looked(tmp_path):

@@ -56,6 +56,35 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert [json.loads(l)["epoch"] for l in lines] == [1.0, 2.0, 3.0]
 
 
+def test_slim_checkpoint_restores_the_same_model_and_masks_but_refuses_resume(tmp_path):
+    from sdsnn.errors import UserError
+    from sdsnn.train import slim_checkpoint
+
+    cfg = tiny_cfg()
+    train(cfg, tmp_path, progress=False)
+    full = restore(tmp_path)
+    x = torch.rand(cfg.data.time_steps, 16, 1, 8, 8)
+    before, after = slim_checkpoint(tmp_path)
+    assert after < before / 2, (before, after)
+    assert slim_checkpoint(tmp_path) == (after, after)  # a slim file is left as it is
+    slim = restore(tmp_path)
+    assert slim.epoch == full.epoch and slim.metrics == full.metrics
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, slim.model.state_dict()[k]), k
+    assert full.masks.keys() == slim.masks.keys()
+    for k in full.masks:
+        assert torch.equal(full.masks[k].group, slim.masks[k].group) and torch.equal(full.masks[k].neuron, slim.masks[k].neuron)
+    assert not all(m.neuron.all() for m in full.masks.values())  # something was pruned, so the masks say something
+    with torch.no_grad():
+        assert torch.equal(full.model.predict(x), slim.model.predict(x))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["slim"] and "optimizer" not in state and set(state["development"]["layers"]["fc1"]) == {"group", "neuron", "rho"}
+    config_before = (tmp_path / "config.json").read_text()
+    with pytest.raises(UserError, match="cannot be resumed"):
+        train(tiny_cfg(**{"train.epochs": 4}), tmp_path, resume=True, progress=False)
+    assert (tmp_path / "config.json").read_text() == config_before  # refused before anything changed
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device machine)")
 def test_resume_on_cuda(tmp_path):
     """A run cut short on the GPU resumes there (the checkpoint's random-number state used to be

@@ -502,10 +502,13 @@ class StructuralDevelopment:
             "layers": layers,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, masks_only: bool = False) -> None:
         """Restore a :meth:`state_dict` (tensors are moved to each layer's device).
 
         Only the structural state is restored; the model's weights come from its own checkpoint.
+        ``masks_only``: the state of a slim checkpoint (:func:`sdsnn.train.slim_checkpoint`) holds
+        only each layer's masks and rho; the spines, counters and regrowth signal start empty, fit
+        for inference and masks, not for further development.
         """
         if int(state.get("version", -1)) != _STATE_VERSION:
             raise ValueError(f"unsupported StructuralDevelopment state version {state.get('version')}")
@@ -521,7 +524,12 @@ class StructuralDevelopment:
             L.group = d["group"].to(dev, torch.bool).clone()
             L.neuron = d["neuron"].to(dev, torch.bool).clone()
             L.rho = float(d["rho"])
-            if L.develops:
+            if L.develops and masks_only:
+                L.grad_acc.zero_()
+                L.c_grow.zero_()
+                L.cand_prev.zero_()
+                L.spine = None
+            elif L.develops:
                 L.grad_acc = d["grad_acc"].to(dev).clone()
                 L.c_grow = d["c_grow"].to(dev, torch.int32).clone()
                 L.cand_prev = d["cand_prev"].to(dev, torch.bool).clone()
