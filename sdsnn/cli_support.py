@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 import yaml
 from pydantic import ValidationError
 
-from .config import ExperimentConfig, apply_overrides, format_validation_error, load_config
+from .config import ExperimentConfig, apply_overrides, format_validation_error, load_config, load_yaml_text
 from .errors import ConfigError
 
 __all__ = ["load_train_config", "resolve_train_run", "parse_sets", "default_out_dir"]
@@ -23,7 +23,7 @@ def parse_sets(sets: Iterable[str]) -> dict:
             raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. --set plasticity.spine_window=2")
         k, v = item.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v)
+            out[k.strip()] = load_yaml_text(v)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
                               f"quote it or fix it, e.g. --set plasticity.spine_window=2") from None

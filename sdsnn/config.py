@@ -277,6 +277,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def load_yaml_text(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key repeated in one mapping (raises ``yaml.YAMLError``;
+    the duplicate as ``_DuplicateKey`` with ``key``, ``line``, ``first_line``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
     """The YAML content of a user's ``what`` file (``"config"``, ``"search-space"``).
 
@@ -293,7 +299,7 @@ def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the {what} file ({e.strerror})") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = load_yaml_text(text)
     except _DuplicateKey as e:
         raise ConfigError(f"{p}: line {e.line}: key {e.key!r} appears twice in the same mapping (first on line "
                           f"{e.first_line}); keep one of them") from None

@@ -166,9 +166,13 @@ def _card_md(card: dict) -> str:
     lines = [
         f"# Model card: {card['name']}",
         "",
-        f"A spiking network trained with SD-SNN structural development and compacted (pruned neurons "
-        f"removed). Picked as **{card['alias']}** from the Pareto front of study `{card['study']}` "
-        f"(trial `{card['trial_id']}`) on dataset **{card['dataset']}**.",
+        (f"The dense baseline of study `{card['study']}` (the same backbone trained without structural "
+         f"development), exported in the same format" if card.get("is_baseline") else
+         "A spiking network trained with SD-SNN structural development and compacted (pruned neurons removed)")
+        + (f". Exported by trial id as **{card['alias']}** ({'on' if card.get('on_front') else 'not on'} the "
+           f"study's Pareto front)" if card.get("picked_by") == "trial id" else
+           f". Picked as **{card['alias']}** from the Pareto front of study `{card['study']}`")
+        + f" (trial `{card['trial_id']}`) on dataset **{card['dataset']}**.",
         "",
         "## Test-set metrics (evaluated at export)",
         "",
@@ -237,8 +241,10 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
-                 baseline: Optional[pd.Series] = None, progress: bool = False) -> Exported:
-    """Export one trial (see module doc) into ``out_dir/<alias>/``; raise if predictions differ."""
+                 baseline: Optional[pd.Series] = None, progress: bool = False, on_front: bool = True,
+                 by_id: bool = False) -> Exported:
+    """Export one trial (see module doc) into ``out_dir/<alias>/``; raise if predictions differ.
+    ``on_front`` and ``by_id`` (picked by ``--trial``) only change what the card says."""
     import torch
 
     # the functions, by their module: ``sdsnn.compact`` is both a submodule and a function name
@@ -305,6 +311,9 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
             "study": study.name,
             "study_dir": str(study.path),
             "trial_id": trial_id,
+            "picked_by": "trial id" if by_id else "pareto pick",
+            "on_front": bool(on_front),
+            "is_baseline": str(row.get("is_baseline")).lower() in ("true", "1"),
             "dataset": cfg.data.dataset,
             "time_steps": cfg.data.time_steps,
             "test": {"acc": float(test["acc"]), "loss": float(test["loss"]), "samples": int(len(labels)),
@@ -376,22 +385,29 @@ def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dic
             "uri": f"models:/{name}@{exp.alias}"}, None
 
 
-def pick_trial_by_id(res: ParetoResult, trial_id: str) -> tuple[str, pd.Series]:
-    """(alias ``trial-<id>``, row) of one completed trial of the analysis, on the front or not,
-    with the same comparison to the dense baseline as the front's rows."""
+def pick_trial_by_id(study: Study, trial_id: str) -> tuple[str, pd.Series, Optional[pd.Series]]:
+    """(alias ``trial-<id>``, row, the study's dense baseline row or None) for one completed trial
+    of ``study``, on the Pareto front or not (no Pareto analysis needed: it works when no trial is
+    feasible too). A searched trial's row gets the same comparison with the baseline as the front's
+    rows; the baseline itself gets none."""
     from .pareto import _accuracy_metric, _add_deltas
 
-    rows = res.trials[res.trials["trial_id"].astype(str) == str(trial_id)]
+    trials = study.trials.copy()
+    trials.insert(0, "study", study.name)
+    rows = trials[trials["trial_id"].astype(str) == str(trial_id)]
     if not len(rows):
-        known = ", ".join(res.trials["trial_id"].astype(str).tolist()[:8])
+        known = ", ".join(trials["trial_id"].astype(str).tolist()[:8])
         raise UserError(f"--trial {trial_id}: no such trial in the study (its trials: {known}"
-                        f"{', ...' if len(res.trials) > 8 else ''}; see trials.csv)")
-    row = rows.iloc[0]
-    if str(row.get("status")) != "completed":
-        raise UserError(f"--trial {trial_id}: the trial is '{row.get('status')}', not completed; only a "
+                        f"{', ...' if len(trials) > 8 else ''}; see trials.csv)")
+    if str(rows.iloc[0].get("status")) != "completed":
+        raise UserError(f"--trial {trial_id}: the trial is '{rows.iloc[0].get('status')}', not completed; only a "
                         f"completed trial has a final checkpoint to export")
-    row = _add_deltas(rows.iloc[:1], res.baselines, _accuracy_metric(res.objectives, res.trials.columns)).iloc[0]
-    return _alias(f"trial-{trial_id}"), row
+    is_base = trials["is_baseline"].astype(str).str.lower().isin(["true", "1"])
+    baselines = trials[is_base & (trials["status"].astype(str) == "completed")].tail(1)
+    if bool(is_base[rows.index[0]]):
+        return _alias(f"trial-{trial_id}"), rows.iloc[0], None
+    row = _add_deltas(rows.iloc[:1], baselines, _accuracy_metric(study.objectives, trials.columns)).iloc[0]
+    return _alias(f"trial-{trial_id}"), row, baselines.iloc[0] if len(baselines) else None
 
 
 def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, register: bool = True,
@@ -406,16 +422,26 @@ def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, regis
     if pick not in PICKS:
         raise UserError(f"--pick {pick!r} is not one of {', '.join(PICKS)}")
     study = load_study(study_dir)
-    res = analyze([study])
-    picked = [pick_trial_by_id(res, trial)] if trial is not None else pick_trials(res, pick)
+    if trial is not None:
+        alias, row, baseline = pick_trial_by_id(study, trial)
+        try:
+            on_front = str(trial) in set(analyze([study]).front["trial_id"].astype(str))
+        except UserError:  # no feasible trial: no front
+            on_front = False
+        picked = [(alias, row)]
+    else:
+        res = analyze([study])
+        picked = pick_trials(res, pick)
+        baseline = res.baselines.iloc[0] if len(res.baselines) else None
+        on_front = True
     taken = [Path(out_dir) / alias for alias, _ in picked if (Path(out_dir) / alias).exists()]
     if taken and not overwrite:
         raise UserError(f"{taken[0]} exists already; replace it with --overwrite (the registry then gets a new "
                         f"version) or export to another --out")
-    baseline = res.baselines.iloc[0] if len(res.baselines) else None
     out: list[Exported] = []
     for alias, row in picked:
-        exp = export_trial(study, row, alias, Path(out_dir), baseline=baseline, progress=progress)
+        exp = export_trial(study, row, alias, Path(out_dir), baseline=baseline, progress=progress,
+                           on_front=on_front, by_id=trial is not None)
         if register:
             exp.registered, note = _register(study, exp, row)
             if note:

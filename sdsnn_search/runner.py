@@ -538,11 +538,17 @@ def run_study(
 
             check_resources(spec, where, cluster=ray.cluster_resources())
         study_dir = study_dir.resolve()
-        made = study_dir  # the topmost folder this call creates (cleaned up if the start fails)
-        while not made.parent.exists():
-            made = made.parent
-        existed = study_dir.exists()  # then empty (checked above)
+        new_dirs = []  # the folders this call creates, deepest first (removed again if empty on failure)
+        d = study_dir
+        while not d.exists():
+            new_dirs.append(d)
+            d = d.parent
         study_dir.mkdir(parents=True, exist_ok=True)
+        try:  # claim the name: of two runs started with it at once, only the first goes on
+            os.close(os.open(study_dir / STUDY_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise UserError(f"{study_dir}: another run started a study with this name meanwhile; pick another "
+                            f"--name") from None
         uri = tracking_uri or _default_uri(study_dir)
         info = {
             "name": study_name,
@@ -574,16 +580,24 @@ def run_study(
                 artifact_location=(study_dir / "mlartifacts").as_uri() if tracking_uri is None else None,
             )
         except Exception as e:
-            # nothing half-written: the folder was empty or absent (checked above) and holds
-            # only what this call wrote
-            for child in list(study_dir.iterdir()) if existed else [made]:
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            # nothing half-written: remove exactly what this call wrote (the study's files, its own
+            # MLflow store), then the folders it made, each only if empty
+            ours = [study_dir / SPEC_FILE, study_dir / STUDY_FILE, study_dir / (STUDY_FILE + ".tmp")]
+            if tracking_uri is None:
+                ours += [*study_dir.glob("mlflow.db*"), study_dir / "mlartifacts"]
+            for f in ours:
+                shutil.rmtree(f, ignore_errors=True) if f.is_dir() and not f.is_symlink() else f.unlink(missing_ok=True)
+            for d in new_dirs:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
             if tracking_uri is None:
                 raise
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise UserError(f"--tracking-uri {tracking_uri}: MLflow cannot open this tracking store ({why}); give an "
-                            f"http(s)://, sqlite:/// or file: URI, or leave --tracking-uri out to use the study's own "
-                            f"store") from None
+            raise UserError(f"--tracking-uri {tracking_uri}: MLflow could not start the study's run there ({why}); "
+                            f"check the URI (http(s)://HOST:PORT, sqlite:///PATH or file:PATH) and the store, or leave "
+                            f"--tracking-uri out to use the study's own store") from None
         info.update(parent_run_id=parent, experiment_id=exp_id)
         write_study(study_dir, info)
         return _execute(spec, study_dir, info, trainable=trainable, restore=False, progress=progress)

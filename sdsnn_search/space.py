@@ -216,12 +216,10 @@ def _check_model_names(spec: SearchSpec, fail: Callable[[str, str], None]) -> No
                        f"register_model in a plugin, see 'Extending' in the README)")
 
 
-def _check_experiment(spec: SearchSpec, where: str, *, as_written: bool) -> None:
-    """The fixed experiment config must validate: ``as_written`` in the file (only the dataset
-    added), else as the trials get it (:meth:`SearchSpec.base_config`)."""
+def _check_experiment(spec: SearchSpec, where: str) -> None:
+    """The fixed experiment config, as the trials get it (:meth:`SearchSpec.base_config`), must validate."""
     try:
-        d = apply_overrides(spec.experiment, {"data.dataset": spec.dataset}) if as_written else spec.base_config()
-        ExperimentConfig.model_validate(d)
+        ExperimentConfig.model_validate(spec.base_config())
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, where).replace("field '", "field 'experiment.", 1)) from None
     except ConfigError as e:
@@ -245,10 +243,8 @@ def _check(spec: SearchSpec, where: str) -> None:
     if "dataset" in (spec.experiment.get("data") or {}):
         fail("experiment.data.dataset", "set the dataset with the top-level 'dataset' field instead")
 
-    # the fixed config alone must be valid, as written (before search.epochs and the resources
-    # replace some of its fields) and as the trials get it
-    _check_experiment(spec, where, as_written=True)
-    _check_experiment(spec, where, as_written=False)
+    # the fixed config alone must be valid
+    _check_experiment(spec, where)
 
     device = str((spec.base_config().get("train") or {}).get("device") or "")
     if device.startswith("cuda") and spec.resources.gpu <= 0:
@@ -382,7 +378,7 @@ def load_space(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> 
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping (dataset, experiment, params, ...)")
         # the file as written must be valid too: an override must not hide a bad value in it
-        _check_experiment(_validate_schema(raw, str(p)), str(p), as_written=True)
+        _check_experiment(_validate_schema(raw, str(p)), str(p))
         given = {k: v for k, v in overrides.items() if v is not None}
         if given:
             return parse_space(apply_overrides(raw, given), f"{p} (with the command-line options)")

@@ -116,9 +116,14 @@ def test_values_that_used_to_slip_through(tmp_path, monkeypatch):
                    f"twice.yaml: line {line + 1}: key 'train.lr' appears twice in the same mapping (first on line {line})")
     (tmp_path / "cfg.yaml").write_text("train: {epochs: 1}\ntrain: {epochs: 2}\n")
     _fails_cleanly(["train", "--config", "cfg.yaml"], tmp_path, "key 'train' appears twice")
-    # MLflow refuses the scheme only once the study starts: the folders made by then are removed
+    # MLflow refuses the scheme only once the study starts: what the run made by then is removed,
+    # and nothing else (another study's folder beside it stays)
+    (tmp_path / "res" / "other").mkdir(parents=True)
+    (tmp_path / "res" / "other" / "study.json").write_text("{}")
+    _fails_cleanly(["run", "--space", space, *small, "--name", "t", "--results-dir", "res/new/deeper",
+                    "--tracking-uri", "foo://bar"], tmp_path, "--tracking-uri foo://bar: MLflow could not start the study's run")
     _fails_cleanly(["run", "--space", space, *small, "--name", "t", "--results-dir", "res",
-                    "--tracking-uri", "foo://bar"], tmp_path, "--tracking-uri foo://bar: MLflow cannot open this tracking store")
+                    "--tracking-uri", "foo://bar"], tmp_path, "unsupported URI 'foo://bar'")
 
 
 def test_train_refuses_to_overwrite_and_to_resume_nothing(tmp_path, monkeypatch):

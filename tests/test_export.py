@@ -173,6 +173,26 @@ def test_export_one_trial_by_id_on_the_front_or_not(study, tmp_path):
         model = load_model(tmp_path / "t" / f"trial-{tid}")
         assert sum(p.numel() for p in model.parameters()) == card["parameters"]["compact"]
 
+    base_card = (tmp_path / "t" / "trial-base" / "MODEL_CARD.md").read_text()
+    assert "The dense baseline of study `tiny`" in base_card and "not on the study's Pareto front" in base_card
+    assert json.loads((tmp_path / "t" / "trial-base" / "card.json").read_text())["vs_dense_baseline"] == {}
+    assert json.loads((tmp_path / "t" / "trial-a" / "card.json").read_text())["vs_dense_baseline"]["acc_gain"] is not None
+
+    # a study where no trial satisfies the constraints has no front, and --trial still exports
+    import shutil
+
+    strict = tmp_path / "strict"
+    shutil.copytree(study, strict)
+    meta = json.loads((strict / "study.json").read_text())
+    meta["constraints"] = [{"metric": "val_acc", "op": ">=", "value": 2.0}]
+    (strict / "study.json").write_text(json.dumps(meta))
+    r = CliRunner().invoke(main, ["export", str(strict), "--pick", "knee", "--out", str(tmp_path / "s"), "--no-register"])
+    assert r.exit_code == 2 and "no feasible trial" in r.output, r.output
+    r = CliRunner().invoke(main, ["export", str(strict), "--trial", "a", "--out", str(tmp_path / "s"), "--no-register"])
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "s" / "trial-a" / "card.json").read_text())
+    assert card["on_front"] is False and card["picked_by"] == "trial id" and card["test"]["identical_predictions"]
+
     r = CliRunner().invoke(main, ["export", str(study), "--trial", "zzz", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "--trial zzz: no such trial" in r.output, r.output
     r = CliRunner().invoke(main, ["export", str(study), "--trial", "a", "--pick", "knee", "--out", str(tmp_path / "x")])
