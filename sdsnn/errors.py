@@ -4,7 +4,7 @@ The CLI turns any :class:`UserError` into that line on stderr and exit code 2, w
 traceback. Anything else is a bug and keeps its traceback.
 """
 
-__all__ = ["UserError", "ConfigError", "DatasetUnavailable"]
+__all__ = ["UserError", "ConfigError", "DatasetUnavailable", "where_raised"]
 
 
 class UserError(Exception):
@@ -17,3 +17,15 @@ class ConfigError(UserError):
 
 class DatasetUnavailable(UserError):
     """A dataset's files are missing and cannot be downloaded."""
+
+
+def where_raised(exc: BaseException, fn) -> str:
+    """``file:line`` where ``exc`` left the user's code ``fn`` (a plugin's builder or reader): the
+    deepest traceback frame in ``fn``'s own file, else the deepest frame; for one-line errors."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    mine = [f for f in frames if own is not None and f.filename == own]
+    f = (mine or frames)[-1] if frames else None
+    return f"{f.filename}:{f.lineno}" if f is not None else "?"

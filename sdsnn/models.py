@@ -42,6 +42,7 @@ size of every hidden layer, which is how :mod:`sdsnn.compact` rebuilds a thinner
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sysconfig
 import time
@@ -57,7 +58,7 @@ from spikingjelly.activation_based import base as sj_base, layer as sj_layer, ne
 
 from . import native
 from .config import ModelConfig
-from .errors import ConfigError
+from .errors import ConfigError, where_raised
 from .structure import LayerInfo
 
 
@@ -513,6 +514,41 @@ class SpikingBlock(nn.Module):
         return s
 
 
+def _check_blocks(family: str, blocks: Any, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """The block list a builder returned must describe a network this class can build: one line
+    (:class:`ConfigError`) naming the backbone, the block and the fix, instead of a wrong network
+    that trains silently or a shape error deep in a forward pass."""
+    where = f"model '{family}'"
+    if not isinstance(blocks, (list, tuple)) or not blocks or not all(isinstance(b, BlockSpec) for b in blocks):
+        raise ConfigError(f"{where}: its builder must return a non-empty list of BlockSpec (got "
+                          f"{type(blocks).__name__}); end it with output_block(cfg, num_classes)")
+    names: set[str] = set()
+    _, h, w = input_shape
+    for i, b in enumerate(blocks):
+        at = f"{where}, block {i} ({b.name!r})"
+        if not isinstance(b.name, str) or not b.name or "." in b.name:
+            raise ConfigError(f"{at}: a block needs a non-empty name without dots (conv1, fc1, out, ...)")
+        if b.name in names:
+            raise ConfigError(f"{at}: the name is used twice; every block needs its own name")
+        names.add(b.name)
+        if b.kind not in ("conv", "fc"):
+            raise ConfigError(f"{at}: kind {b.kind!r} is not 'conv' or 'fc'")
+        if b.neuron not in ("lif", "plif", "none"):
+            raise ConfigError(f"{at}: neuron {b.neuron!r} is not 'lif', 'plif' or 'none'")
+        if isinstance(b.out, bool) or not isinstance(b.out, numbers.Integral) or b.out < 1:
+            raise ConfigError(f"{at}: out must be a positive int, got {b.out!r}")
+        if b.pool:
+            if b.kind != "conv":
+                raise ConfigError(f"{at}: pool is for conv blocks only")
+            if h < 2 or w < 2:
+                raise ConfigError(f"{at}: a 2x2 max-pool on a {h}x{w} map; the {input_shape[1]}x{input_shape[2]} input "
+                                  f"allows fewer pooling blocks")
+            h, w = h // 2, w // 2
+    if blocks[-1].out != num_classes:
+        raise ConfigError(f"{where}: the last block ({blocks[-1].name!r}) has {blocks[-1].out} outputs for "
+                          f"{num_classes} classes; end the builder with output_block(cfg, num_classes)")
+
+
 class SpikingNet(nn.Module):
     """A chain of :class:`SpikingBlock`; ``forward(x [T,B,C,H,W]) -> rates [B, classes]``.
 
@@ -543,6 +579,7 @@ class SpikingNet(nn.Module):
         self.block_specs = blocks
         self.record_firing = False
         self._rates: dict[str, torch.Tensor] = {}
+        _check_blocks(family, blocks, self.input_shape, self.num_classes)
         c, h, w = self.input_shape
         mods = []
         spatial = True  # the current tensor is [C, H, W]
@@ -711,10 +748,20 @@ Builder = Callable[[ModelConfig, tuple[int, int, int], int], list[BlockSpec]]
 MODELS: dict[str, Builder] = {}
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Register a builder ``fn(cfg, input_shape, num_classes) -> list[BlockSpec]`` under ``name``."""
+def register_model(name: str, *, replace: bool = False) -> Callable[[Builder], Builder]:
+    """Register a builder ``fn(cfg, input_shape, num_classes) -> list[BlockSpec]`` under ``name``.
+
+    A name that is taken (a built-in backbone, or another plugin's) is refused unless
+    ``replace=True``: a plugin replaces a backbone only on purpose. Registering the same function
+    again (a module imported twice) is allowed."""
 
     def deco(fn: Builder) -> Builder:
+        old = MODELS.get(name)
+        same = old is not None and (old is fn or (getattr(old, "__module__", None), getattr(old, "__qualname__", None))
+                                    == (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)))
+        if old is not None and not same and not replace:
+            raise ValueError(f"backbone '{name}' is already registered (by {getattr(old, '__module__', '?')}); "
+                             f"pick another name, or replace it on purpose with register_model({name!r}, replace=True)")
         MODELS[name] = fn
         return fn
 
@@ -821,7 +868,15 @@ def build_model(
     if num_classes < 1:
         raise ConfigError(f"model '{cfg.name}': num_classes must be positive, got {num_classes}")
     shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
-    blocks = MODELS[cfg.name](cfg, shape, int(num_classes))
+    builder = MODELS[cfg.name]
+    try:
+        blocks = builder(cfg, shape, int(num_classes))
+    except ConfigError:
+        raise
+    except Exception as e:  # a bug in a builder (a plugin's, most likely): where it is, in one line
+        raise ConfigError(f"model '{cfg.name}': its builder {getattr(builder, '__module__', '?')}."
+                          f"{getattr(builder, '__qualname__', builder)} raised {type(e).__name__}: {e} "
+                          f"({where_raised(e, builder)})") from None
     if widths is not None:
         widths = [int(v) for v in widths]
         if len(widths) != len(blocks) - 1 or any(v < 1 for v in widths):

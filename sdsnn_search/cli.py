@@ -166,8 +166,20 @@ def run_cmd(space_file, num_samples, max_concurrent, epochs, results_dir, name, 
         out = run_study(space_file, results_dir=results_dir, name=name, num_samples=num_samples,
                         max_concurrent=max_concurrent, epochs=epochs, seed=seed, address=address,
                         tracking_uri=tracking_uri, data_root=data_root)
+    _exit_for(out)
+
+
+def _exit_for(out) -> None:
+    """130 when interrupted; 1 when no searched trial completed (for scripts); else 0."""
     if out.interrupted:
         sys.exit(130)
+    df = out.table
+    searched = df[~df["is_baseline"].astype(bool)] if df is not None and len(df) else df
+    if searched is None or not (searched["status"] == "completed").any():
+        click.echo(f"error: no search trial of {out.study_dir} completed; see each trial's reason above (or its 'error' "
+                   f"tag in  sdsnn-search ui {out.study_dir}), fix the cause, then  sdsnn-search resume "
+                   f"{out.study_dir} --retry-failed", err=True)
+        sys.exit(1)
 
 
 @main.command("resume")
@@ -180,8 +192,7 @@ def resume_cmd(study_dir, address, retry_failed) -> None:
     from sdsnn_search.runner import resume_study
 
     out = resume_study(study_dir, address=address, retry_failed=retry_failed)
-    if out.interrupted:
-        sys.exit(130)
+    _exit_for(out)
 
 
 @main.group()

@@ -35,6 +35,7 @@ import pandas as pd
 from sdsnn.errors import UserError
 
 from .pareto import ParetoResult, Study, analyze
+from .studyfile import load_study_plugins
 
 __all__ = ["PICKS", "Exported", "pick_trials", "export_trial", "export_study"]
 
@@ -422,6 +423,7 @@ def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, regis
     if pick not in PICKS:
         raise UserError(f"--pick {pick!r} is not one of {', '.join(PICKS)}")
     study = load_study(study_dir)
+    load_study_plugins(Path(study_dir), study.meta)  # its backbones and datasets, as resume does
     if trial is not None:
         alias, row, baseline = pick_trial_by_id(study, trial)
         try:

@@ -40,11 +40,11 @@ for _k, _v in (
 import pandas as pd  # noqa: E402
 
 from sdsnn.errors import ConfigError, UserError  # noqa: E402
-from sdsnn.plugins import ENV as PLUGINS_ENV, add_plugins, load_plugins, plugin_entries, plugins_env_value  # noqa: E402
+from sdsnn.plugins import ENV as PLUGINS_ENV, load_plugins, plugins_env_value  # noqa: E402
 
 from .space import KNOWN_METRICS, SearchSpec, load_space, parse_space  # noqa: E402
 from .stop import STOP, cut_short, ended_status  # noqa: E402
-from .studyfile import STUDY_FILE, read_study, write_study  # noqa: E402
+from .studyfile import STUDY_FILE, load_study_plugins, read_study, write_study  # noqa: E402
 from .trainable import BASELINE_KEY, NON_METRIC_KEYS, TrialDiverged, run_trial  # noqa: E402
 
 __all__ = ["run_study", "resume_study", "StudyOutcome", "check_resources", "read_study", "STUDY_FILE"]
@@ -646,7 +646,8 @@ def resume_study(
     study_dir = Path(study_dir)
     info = read_study(study_dir)
     recorded_plugins = info.get("plugins")
-    _load_study_plugins(study_dir, info)
+    load_study_plugins(study_dir, info)
+    info["plugins"] = plugins_env_value()
     spec = load_space(study_dir / SPEC_FILE)
     from ray.tune import Tuner
 
@@ -686,26 +687,6 @@ def resume_study(
     finally:
         if started:
             _shutdown_ray()
-
-
-def _load_study_plugins(study_dir: Path, info: dict[str, Any]) -> None:
-    """The plugins a study was started with (``--plugin`` or ``SDSNN_PLUGINS``, as recorded in its
-    study.json), added to this process's: resuming needs no ``--plugin`` again. A recorded file
-    that is gone may be given again at its new place (a moved study) with ``--plugin``; the
-    study.json then records the new place."""
-    recorded = info.get("plugins")
-    if recorded and isinstance(recorded, str):
-        given = {Path(e).name for e in plugin_entries() if e.endswith(".py")}
-        entries = []
-        for e in recorded.split(","):
-            if e.endswith(".py") and not Path(e).is_file():
-                if Path(e).name in given:
-                    continue  # named again with --plugin at its new place
-                raise UserError(f"{study_dir}: the study was started with the plugin file {e}, which is gone; "
-                                f"put it back there, or name its new place with --plugin NEWPATH")
-            entries.append(e)
-        add_plugins(entries)
-    info["plugins"] = plugins_env_value()
 
 
 def _shutdown_ray() -> None:

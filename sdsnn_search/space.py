@@ -226,6 +226,27 @@ def _check_experiment(spec: SearchSpec, where: str) -> None:
         raise ConfigError(f"{where}: field 'experiment': {e}") from None
 
 
+def _check_backbones_build(spec: SearchSpec, fail: Callable[[str, str], None]) -> None:
+    """Build every backbone the space can pick (the fixed one, and each ``model.name`` choice) once
+    with the fixed config, for the dataset's input: a builder bug (a plugin's, most likely) fails
+    here in one line instead of failing every trial. Builds on the CPU, no data read."""
+    from sdsnn.data import get_dataset
+    from sdsnn.models import build_model
+
+    cfg = ExperimentConfig.model_validate(spec.base_config())
+    names = [("experiment.model.name", cfg.model.name)]
+    p = spec.params.get("model.name")
+    if p is not None and p.type == "categorical":
+        names += [("params.model.name.choices", c) for c in p.choices or [] if c != cfg.model.name]
+    ds = get_dataset(cfg.data.dataset)
+    shape = ds.shape_for(cfg.data)
+    for path, name in names:
+        try:
+            build_model(cfg.model.model_copy(update={"name": name}), shape, ds.num_classes)
+        except ConfigError as e:
+            fail(path, f"backbone '{name}' cannot be built for {cfg.data.dataset} input {tuple(shape)}: {e}")
+
+
 def _check(spec: SearchSpec, where: str) -> None:
     """Semantic checks beyond types; raise ConfigError naming the field."""
 
@@ -305,6 +326,7 @@ def _check(spec: SearchSpec, where: str) -> None:
             fail(fp, "the dataset cannot be searched; write one space file per dataset")
 
     _check_model_names(spec, fail)
+    _check_backbones_build(spec, fail)
 
     if not 1 <= len(spec.objectives) <= 3:
         fail("objectives", f"give 1 to 3 objectives (got {len(spec.objectives)})")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from sdsnn.errors import UserError
 
-__all__ = ["STUDY_FILE", "read_study", "write_study", "local_tracking_uri"]
+__all__ = ["STUDY_FILE", "read_study", "write_study", "local_tracking_uri", "load_study_plugins"]
 
 STUDY_FILE = "study.json"
 
@@ -51,3 +51,29 @@ def write_study(study_dir: Path, info: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, path)
+
+
+def load_study_plugins(study_dir: Path, info: dict[str, Any]) -> None:
+    """Add the plugins a study was started with (``--plugin`` or ``SDSNN_PLUGINS``, as recorded in
+    its study.json) to this process's: ``resume`` and ``export`` need no ``--plugin`` again.
+
+    A recorded file that is gone may be named again at its new place with ``--plugin NEWPATH``: a
+    given file of the same name replaces it, or, when exactly one recorded file is gone and exactly
+    one given file is not recorded, that one does (a moved and renamed plugin)."""
+    from sdsnn.plugins import add_plugins, plugin_entries
+
+    recorded = info.get("plugins")
+    if not recorded or not isinstance(recorded, str):
+        return
+    entries = recorded.split(",")
+    given = [e for e in plugin_entries() if e.endswith(".py") and e not in entries]
+    gone = [e for e in entries if e.endswith(".py") and not Path(e).is_file()]
+    gone = [e for e in gone if Path(e).name not in {Path(g).name for g in given}]  # replaced by name
+    unmatched = [g for g in given if Path(g).name not in {Path(e).name for e in entries}]
+    if len(gone) == 1 and len(unmatched) == 1:
+        gone = []
+    if gone:
+        raise UserError(f"{study_dir}: the study was started with the plugin file {gone[0]}, which is gone; put it "
+                        f"back there, or name its new place with --plugin NEWPATH before the command "
+                        f"(sdsnn-search --plugin NEWPATH ...)")
+    add_plugins([e for e in entries if not (e.endswith(".py") and not Path(e).is_file())])

@@ -97,7 +97,7 @@ def test_plugins_named_alike_or_twice_and_replacing_a_builtin(tmp_path):
     # a plugin that replaces a built-in backbone does so for every lookup, not only the first
     (tmp_path / "over.py").write_text(
         "from sdsnn.models import BlockSpec, output_block, register_model\n"
-        "@register_model('mlp')\n"
+        "@register_model('mlp', replace=True)\n"
         "def mlp7(cfg, shape, n):\n"
         "    return [BlockSpec('fc1', 'fc', 7, 'lif', 1.0, False, True), output_block(cfg, n)]\n")
     code = ("from sdsnn import build_model\nfrom sdsnn.config import ModelConfig\n"
@@ -153,6 +153,15 @@ def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     info = json.loads((tmp_path / "res" / "bc" / "study.json").read_text())
     assert info["plugins"] == str((tmp_path / "moved" / "plugin_example.py").resolve())
+    # ... moved again and renamed: the one recorded file that is gone, the one given file that is new
+    (tmp_path / "moved" / "plugin_example.py").rename(tmp_path / "moved" / "renamed.py")
+    r = _cli(["--plugin", "moved/renamed.py", "resume", str(tmp_path / "res" / "bc")], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    info = json.loads((tmp_path / "res" / "bc" / "study.json").read_text())
+    assert info["plugins"] == str((tmp_path / "moved" / "renamed.py").resolve())
+    # export reads the study's plugins as resume does: no --plugin needed for its backbone and dataset
+    r = _cli(["export", str(tmp_path / "res" / "bc"), "--pick", "knee", "--out", "exp", "--no-register"], tmp_path)
+    assert r.returncode == 0 and (tmp_path / "exp" / "knee" / "model.json").is_file(), r.stdout[-2000:] + r.stderr[-2000:]
 
 
 def test_plugins_reach_workers_of_a_ray_the_caller_started(tmp_path):
@@ -180,3 +189,108 @@ print(sorted(out.table["status"]))
                        timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.strip().splitlines()[-1] == "['completed', 'completed']", p.stdout
+
+
+def test_plugin_bugs_fail_in_one_line_naming_the_backbone_or_dataset():
+    """Found by a stranger extending the tool: these plugin bugs used to train a wrong network or
+    wrong data silently (exit 0), or end in a traceback deep in training."""
+    import numpy as np
+    import pytest
+
+    from sdsnn import build_model
+    from sdsnn.config import ModelConfig
+    from sdsnn.data.images import Digits, _cached_read
+    from sdsnn.data.registry import DATASETS, register_dataset
+    from sdsnn.errors import ConfigError
+    from sdsnn.models import MODELS, BlockSpec, output_block, register_model
+
+    def fc(name, out, **kw):
+        return BlockSpec(name, kw.pop("kind", "fc"), out, "lif", 1.0, False, True, **kw)
+
+    builders = {
+        "t_typo": (lambda cfg, s, n: [fc("fc1", cfg.widht), output_block(cfg, n)],
+                   r"model 't_typo': its builder .* raised AttributeError: .*widht.* \(.*test_plugins.py:\d+\)"),
+        "t_noout": (lambda cfg, s, n: [fc("fc1", 64)], r"the last block \('fc1'\) has 64 outputs for 10 classes"),
+        "t_classes": (lambda cfg, s, n: [fc("fc1", 8), output_block(cfg, n + 3)], r"has 13 outputs for 10 classes"),
+        "t_kind": (lambda cfg, s, n: [fc("fc1", 8, kind="dense"), output_block(cfg, n)], r"block 0 \('fc1'\): kind 'dense'"),
+        "t_names": (lambda cfg, s, n: [fc("fc1", 8), fc("fc1", 8), output_block(cfg, n)], r"block 1 \('fc1'\): the name is used twice"),
+        "t_pools": (lambda cfg, s, n: [BlockSpec(f"conv{i}", "conv", 4, "lif", 1.0, False, True, pool=True) for i in range(5)]
+                    + [output_block(cfg, n)], r"block 3 \('conv3'\): a 2x2 max-pool on a 1x1 map"),
+        "t_none": (lambda cfg, s, n: None, r"must return a non-empty list of BlockSpec \(got NoneType\)"),
+    }
+    try:
+        for name, (fn, pattern) in builders.items():
+            register_model(name)(fn)
+            with pytest.raises(ConfigError, match=pattern):
+                build_model(ModelConfig(name=name), (1, 8, 8), 10)
+        # a search space that can pick a broken backbone fails validation, before any trial runs
+        from sdsnn_search.space import parse_space
+
+        with pytest.raises(ConfigError, match=r"field 'params.model.name.choices': backbone 't_pools' cannot be built "
+                                              r"for digits input \(1, 8, 8\): .*a 2x2 max-pool on a 1x1 map"):
+            parse_space({"dataset": "digits", "params": {"model.name": {"type": "categorical", "choices": ["mlp", "t_pools"]}}})
+        # a taken name is refused unless replaced on purpose; the same function again is fine
+        with pytest.raises(ValueError, match=r"backbone 'mlp' is already registered .*replace=True"):
+            register_model("mlp")(builders["t_noout"][0])
+        register_model("t_typo")(builders["t_typo"][0])
+    finally:
+        for name in builders:
+            MODELS.pop(name, None)
+
+    cases = {
+        "t_float": (lambda x, y: (x.astype(np.float32) / 16, y), r"read\('train'\) returned float32 images .*set max_value"),
+        "t_int16": (lambda x, y: (x.astype(np.int16) * 300, y), r"returned int16 images \(values 0..4800\)"),
+        "t_shape": (lambda x, y: (x[:, :, :4], y), r"returned images of shape \(\d+, 1, 4, 8\); input_shape \(1, 8, 8\)"),
+        "t_labels": (lambda x, y: (x, y + 1), r"returned labels 1..10; with num_classes 10 they must lie in 0..9"),
+        "t_flabels": (lambda x, y: (x, y.astype(np.float64)), r"returned float64 labels"),
+        "t_count": (lambda x, y: (x, y[:-1]), r"labels of shape \(\d+,\) for \d+ images"),
+        "t_raise": (lambda x, y: {}["nope"], r"dataset 't_raise': its read\('train'\) raised KeyError: 'nope' \(.*test_plugins.py:\d+\)"),
+    }
+    try:
+        for name, (mangle, pattern) in cases.items():
+            cls = type(name, (Digits,), {"read": lambda self, folder, split, m=mangle: m(*Digits.read(self, folder, split))})
+            register_dataset(name)(cls)
+            with pytest.raises(ConfigError, match=pattern):
+                _cached_read(cls, "", "train")
+        # lossless integer images (digits' 0..16 as int64) are accepted as they are
+        ok = type("t_int64", (Digits,), {"read": lambda self, f, s: (lambda x, y: (x.astype(np.int64), y))(*Digits.read(self, f, s))})
+        x, _ = _cached_read(ok, "", "train")
+        assert x.dtype == np.uint8 and x.max() == 16
+    finally:
+        for name in cases:
+            DATASETS.pop(name, None)
+
+
+def test_a_builder_bug_fails_train_in_one_line(tmp_path):
+    (tmp_path / "typo.py").write_text(
+        "from sdsnn.models import BlockSpec, output_block, register_model\n"
+        "@register_model('typo_mlp')\n"
+        "def typo(cfg, shape, n):\n"
+        "    return [BlockSpec('fc1', 'fc', cfg.widht, 'lif', 1.0, False, True), output_block(cfg, n)]\n")
+    r = _cli(["--plugin", "typo.py", "train", "--dataset", "digits", "--set", "model.name=typo_mlp", "--epochs", "1",
+              "--out", "run"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "typo.py:4)" in r.stderr and "widht" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_search_whose_trials_all_fail_exits_1(tmp_path):
+    """A bug that only shows in the trials (here a dataset plugin whose read() raises) fails every
+    trial; the command says so and exits 1 instead of 0, and each trial's reason names the plugin."""
+    (tmp_path / "broken_ds.py").write_text(
+        "from sdsnn.data.images import Digits\n"
+        "from sdsnn.data.registry import register_dataset\n"
+        "@register_dataset('broken_digits')\n"
+        "class Broken(Digits):\n"
+        "    def read(self, folder, split):\n"
+        "        return {}['no_such_key']\n")
+    space = tmp_path / "space.yaml"
+    space.write_text("dataset: broken_digits\nexperiment: {model: {name: mlp, depth: 1, width: 8}}\n"
+                     "params:\n  train.lr: {type: loguniform, low: 1.0e-3, high: 1.0e-2}\n"
+                     "search: {sampler: random, num_samples: 1, max_concurrent: 2, seed: 0, epochs: 1}\n")
+    r = _cli(["--plugin", "broken_ds.py", "run", "--space", str(space), "--results-dir", "res", "--name", "b"], tmp_path)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "no search trial of" in r.stderr and "--retry-failed" in r.stderr, r.stderr[-2000:]
+    assert "dataset 'broken_digits': its read('train') raised KeyError" in " ".join((r.stdout + r.stderr).split())  # rich wraps
+    df = pd.read_csv(tmp_path / "res" / "b" / "trials.csv")
+    assert (df["status"] == "failed").all() and len(df) == 2, df

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 
-from ..errors import DatasetUnavailable
+from ..errors import ConfigError, DatasetUnavailable, UserError, where_raised
 from .download import download_file, missing_dirs, remove_created, short_reason
 from .registry import Dataset, SplitArrays, register_dataset
 from .roots import atomic_path, writable_root
@@ -83,10 +83,45 @@ class ImageDataset(Dataset):
         return SplitArrays(x, y)
 
 
+def _checked_arrays(ds: "ImageDataset", out: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """What ``read`` returned must be what the loaders assume (uint8 images [N, C, H, W] of the
+    declared ``input_shape``, int labels in [0, num_classes), one per image); a silent cast
+    would wrap or zero the values and train on garbage. ConfigError naming the dataset otherwise."""
+    where = f"dataset '{ds.name}': read({split!r})"
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise ConfigError(f"{where} must return a tuple (images, labels), got {type(out).__name__}")
+    x, y = np.asarray(out[0]), np.asarray(out[1])
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(ds.input_shape):
+        raise ConfigError(f"{where} returned images of shape {tuple(x.shape)}; input_shape {tuple(ds.input_shape)} "
+                          f"asks for [N, {', '.join(map(str, ds.input_shape))}]")
+    if x.dtype != np.uint8:
+        lossless = np.issubdtype(x.dtype, np.integer) and (not x.size or (int(x.min()) >= 0 and int(x.max()) <= 255))
+        if not lossless:
+            raise ConfigError(f"{where} returned {x.dtype} images (values {x.min() if x.size else '-'}.."
+                              f"{x.max() if x.size else '-'}); return uint8 values 0..255, and set max_value "
+                              f"when they do not run to 255 (e.g. 16 for 0..16)")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ConfigError(f"{where} returned labels of shape {tuple(y.shape)} for {len(x)} images; give one label per image")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ConfigError(f"{where} returned {y.dtype} labels; return integers 0..{ds.num_classes - 1}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= ds.num_classes):
+        raise ConfigError(f"{where} returned labels {int(y.min())}..{int(y.max())}; with num_classes "
+                          f"{ds.num_classes} they must lie in 0..{ds.num_classes - 1}")
+    return x, y
+
+
 @lru_cache(maxsize=6)
 def _cached_read(cls: type, folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     # One read per process and split: later trials in the same process reuse the arrays.
-    x, y = cls().read(Path(folder), split)
+    ds = cls()
+    try:
+        out = ds.read(Path(folder), split)
+    except UserError:
+        raise
+    except Exception as e:  # a bug in a dataset's read() (a plugin's, most likely): where it is, in one line
+        raise ConfigError(f"dataset '{ds.name}': its read({split!r}) raised {type(e).__name__}: {e} "
+                          f"({where_raised(e, type(ds).read)})") from None
+    x, y = _checked_arrays(ds, out, split)
     x = np.ascontiguousarray(x, dtype=np.uint8)
     y = np.ascontiguousarray(y, dtype=np.int64)
     x.setflags(write=False)
