@@ -328,4 +328,7 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(p))) from None
+        # a field that came from the command line is named as such, not blamed on the file
+        path = ".".join(str(x) for x in e.errors()[0].get("loc", ()))
+        where = f"the override '{path}' (--set or an option)" if path in (overrides or {}) else str(p)
+        raise ConfigError(format_validation_error(e, where)) from None

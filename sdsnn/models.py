@@ -861,7 +861,8 @@ def build_model(
     load_plugins()  # before any lookup: a plugin may add or replace a backbone
     if cfg.name not in MODELS:
         raise ConfigError(
-            f"model.name '{cfg.name}' is not a known backbone; choose one of {sorted(MODELS)}"
+            f"model.name '{cfg.name}' is not a known backbone; choose one of {sorted(MODELS)}, or name the "
+            f"plugin that registers it (--plugin FILE before the command, or SDSNN_PLUGINS)"
         )
     if len(input_shape) != 3 or any(int(v) < 1 for v in input_shape):
         raise ConfigError(f"model '{cfg.name}': input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")

@@ -218,6 +218,9 @@ def _card_md(card: dict) -> str:
         "",
         "```python",
         "import sdsnn",
+        *(["import sdsnn.plugins",
+            f"sdsnn.plugins.add_plugins({json.dumps(card['plugins'].split(','))})  # the study's plugins: "
+            f"they register the backbone"] if card.get("plugins") else []),
         f"model = sdsnn.load_model({json.dumps(card['folder_name'])})  # this folder; no pickle",
         "rates = model.predict(x)  # x: float32 [T, B, C, H, W] -> output rates [B, classes]; leaves the net at rest",
         "```",
@@ -315,6 +318,7 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
             "picked_by": "trial id" if by_id else "pareto pick",
             "on_front": bool(on_front),
             "is_baseline": str(row.get("is_baseline")).lower() in ("true", "1"),
+            "plugins": study.meta.get("plugins") or None,  # SDSNN_PLUGINS the study ran with (its backbone)
             "dataset": cfg.data.dataset,
             "time_steps": cfg.data.time_steps,
             "test": {"acc": float(test["acc"]), "loss": float(test["loss"]), "samples": int(len(labels)),

@@ -162,6 +162,13 @@ def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
     # export reads the study's plugins as resume does: no --plugin needed for its backbone and dataset
     r = _cli(["export", str(tmp_path / "res" / "bc"), "--pick", "knee", "--out", "exp", "--no-register"], tmp_path)
     assert r.returncode == 0 and (tmp_path / "exp" / "knee" / "model.json").is_file(), r.stdout[-2000:] + r.stderr[-2000:]
+    # ... and its card's loading snippet names them: run as written, in a fresh process, it loads
+    card = (tmp_path / "exp" / "knee" / "MODEL_CARD.md").read_text()
+    snippet = card.split("```python\n")[-1].split("```")[0].replace("rates = model.predict(x)", "print(model.widths)  #")
+    assert "add_plugins" in snippet
+    p = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path / "exp", env=_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and p.stdout.strip().startswith("["), p.stdout + p.stderr
 
 
 def test_plugins_reach_workers_of_a_ray_the_caller_started(tmp_path):
