@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sdsnn.config import ExperimentConfig, apply_overrides, format_validation_error, read_yaml_file
+from sdsnn.config import ExperimentConfig, ModelConfig, apply_overrides, format_validation_error, read_yaml_file
 from sdsnn.errors import ConfigError
 
 __all__ = [
@@ -234,17 +234,24 @@ def _check_backbones_build(spec: SearchSpec, fail: Callable[[str, str], None]) -
     from sdsnn.models import build_model
 
     cfg = ExperimentConfig.model_validate(spec.base_config())
-    names = [("experiment.model.name", cfg.model.name)]
-    p = spec.params.get("model.name")
-    if p is not None and p.type == "categorical":
-        names += [("params.model.name.choices", c) for c in p.choices or [] if c != cfg.model.name]
+    # (where, {model field: value}): the fixed backbone, each other name choice, and each searched
+    # model setting at its bounds (or choices), one at a time (e.g. the deepest net's pooling)
+    tries: list[tuple[str, dict[str, Any]]] = [("experiment.model.name", {})]
+    for path, p in spec.params.items():
+        if not path.startswith("model."):
+            continue
+        for v in p.values_to_check():
+            if not (path == "model.name" and v == cfg.model.name):
+                tries.append((f"params.{path}" + (".choices" if p.type == "categorical" else ""), {path[6:]: v}))
     ds = get_dataset(cfg.data.dataset)
     shape = ds.shape_for(cfg.data)
-    for path, name in names:
+    for where, update in tries:
+        model = ModelConfig.model_validate({**cfg.model.model_dump(), **update})
+        what = f"backbone '{model.name}'" + "".join(f" with model.{k}={v!r}" for k, v in update.items() if k != "name")
         try:
-            build_model(cfg.model.model_copy(update={"name": name}), shape, ds.num_classes)
+            build_model(model, shape, ds.num_classes)
         except ConfigError as e:
-            fail(path, f"backbone '{name}' cannot be built for {cfg.data.dataset} input {tuple(shape)}: {e}")
+            fail(where, f"{what} cannot be built for {cfg.data.dataset} input {tuple(shape)}: {e}")
 
 
 def _check(spec: SearchSpec, where: str) -> None:

@@ -224,18 +224,27 @@ def test_plugin_bugs_fail_in_one_line_naming_the_backbone_or_dataset():
         "t_pools": (lambda cfg, s, n: [BlockSpec(f"conv{i}", "conv", 4, "lif", 1.0, False, True, pool=True) for i in range(5)]
                     + [output_block(cfg, n)], r"block 3 \('conv3'\): a 2x2 max-pool on a 1x1 map"),
         "t_none": (lambda cfg, s, n: None, r"must return a non-empty list of BlockSpec \(got NoneType\)"),
+        "t_dpools": (lambda cfg, s, n: [BlockSpec(f"conv{i}", "conv", 4, "lif", 1.0, False, True, pool=True)
+                                        for i in range(cfg.depth)] + [output_block(cfg, n)], None),
     }
     try:
         for name, (fn, pattern) in builders.items():
             register_model(name)(fn)
-            with pytest.raises(ConfigError, match=pattern):
-                build_model(ModelConfig(name=name), (1, 8, 8), 10)
+            if pattern is not None:
+                with pytest.raises(ConfigError, match=pattern):
+                    build_model(ModelConfig(name=name), (1, 8, 8), 10)
         # a search space that can pick a broken backbone fails validation, before any trial runs
         from sdsnn_search.space import parse_space
 
         with pytest.raises(ConfigError, match=r"field 'params.model.name.choices': backbone 't_pools' cannot be built "
                                               r"for digits input \(1, 8, 8\): .*a 2x2 max-pool on a 1x1 map"):
             parse_space({"dataset": "digits", "params": {"model.name": {"type": "categorical", "choices": ["mlp", "t_pools"]}}})
+        # ... also when only a searched setting at its bound breaks it (depth 2 builds, depth 5 pools 8x8 to nothing)
+        build_model(ModelConfig(name="t_dpools", depth=2), (1, 8, 8), 10)
+        with pytest.raises(ConfigError, match=r"field 'params.model.depth': backbone 't_dpools' with model.depth=5 cannot "
+                                              r"be built for digits input \(1, 8, 8\): .*block 3 \('conv3'\): a 2x2 max-pool"):
+            parse_space({"dataset": "digits", "experiment": {"model": {"name": "t_dpools", "depth": 2}},
+                         "params": {"model.depth": {"type": "int", "low": 2, "high": 5}}})
         # a taken name is refused unless replaced on purpose; the same function again is fine
         with pytest.raises(ValueError, match=r"backbone 'mlp' is already registered .*replace=True"):
             register_model("mlp")(builders["t_noout"][0])
