@@ -524,6 +524,7 @@ def _check_blocks(family: str, blocks: Any, input_shape: tuple[int, int, int], n
                           f"{type(blocks).__name__}); end it with output_block(cfg, num_classes)")
     names: set[str] = set()
     _, h, w = input_shape
+    spatial = True  # the tensor is still [C, H, W]: before the first FC block
     for i, b in enumerate(blocks):
         at = f"{where}, block {i} ({b.name!r})"
         if not isinstance(b.name, str) or not b.name or "." in b.name:
@@ -533,6 +534,9 @@ def _check_blocks(family: str, blocks: Any, input_shape: tuple[int, int, int], n
         names.add(b.name)
         if b.kind not in ("conv", "fc"):
             raise ConfigError(f"{at}: kind {b.kind!r} is not 'conv' or 'fc'")
+        if b.kind == "conv" and not spatial:
+            raise ConfigError(f"{where}: a conv layer after an FC layer; check the builder")
+        spatial = spatial and b.kind == "conv"
         if b.neuron not in ("lif", "plif", "none"):
             raise ConfigError(f"{at}: neuron {b.neuron!r} is not 'lif', 'plif' or 'none'")
         if isinstance(b.out, bool) or not isinstance(b.out, numbers.Integral) or b.out < 1:
@@ -588,9 +592,7 @@ class SpikingNet(nn.Module):
         for spec in blocks:
             self._widest = max(self._widest, spec.out * (h * w if spec.kind == "conv" else 1))
             flatten = False
-            if spec.kind == "conv":
-                if not spatial:
-                    raise ConfigError(f"model '{family}': a conv layer after an FC layer; check the builder")
+            if spec.kind == "conv":  # never after an FC block (_check_blocks)
                 in_f = feat
             else:
                 in_f = feat * h * w if spatial else feat

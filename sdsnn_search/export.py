@@ -317,7 +317,7 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
             "trial_id": trial_id,
             "picked_by": "trial id" if by_id else "pareto pick",
             "on_front": bool(on_front),
-            "is_baseline": str(row.get("is_baseline")).lower() in ("true", "1"),
+            "is_baseline": bool(row.get("is_baseline")),
             "plugins": study.meta.get("plugins") or None,  # SDSNN_PLUGINS the study ran with (its backbone)
             "dataset": cfg.data.dataset,
             "time_steps": cfg.data.time_steps,
@@ -407,7 +407,7 @@ def pick_trial_by_id(study: Study, trial_id: str) -> tuple[str, pd.Series, Optio
     if str(rows.iloc[0].get("status")) != "completed":
         raise UserError(f"--trial {trial_id}: the trial is '{rows.iloc[0].get('status')}', not completed; only a "
                         f"completed trial has a final checkpoint to export")
-    is_base = trials["is_baseline"].astype(str).str.lower().isin(["true", "1"])
+    is_base = trials["is_baseline"]  # bool: load_study parses the column
     baselines = trials[is_base & (trials["status"].astype(str) == "completed")].tail(1)
     if bool(is_base[rows.index[0]]):
         return _alias(f"trial-{trial_id}"), rows.iloc[0], None

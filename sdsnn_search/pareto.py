@@ -79,6 +79,11 @@ class Constraint:
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.value:g}"
 
+    @classmethod
+    def from_dict(cls, c: dict[str, Any]) -> "Constraint":
+        """From its study.json / space form ``{"metric", "op", "value"}``."""
+        return cls(str(c["metric"]), str(c["op"]), float(c["value"]))
+
 
 @dataclass
 class Study:
@@ -103,7 +108,7 @@ class Study:
 
     @property
     def constraints(self) -> list[Constraint]:
-        return [Constraint(str(c["metric"]), str(c["op"]), float(c["value"])) for c in self.meta.get("constraints") or []]
+        return [Constraint.from_dict(c) for c in self.meta.get("constraints") or []]
 
     @property
     def reference_point(self) -> Optional[list[float]]:

@@ -25,21 +25,26 @@ from .stop import cut_short
 __all__ = ["ProgressView", "pareto_rows"]
 
 
+def _feasible_rows(df: pd.DataFrame, constraints: Optional[list[dict[str, Any]]]) -> pd.DataFrame:
+    """Completed, non-baseline trials that satisfy the space's constraints."""
+    from .pareto import Constraint, feasible_mask
+
+    ok = df[(df["status"] == "completed") & (~df["is_baseline"].astype(bool))]
+    if constraints and len(ok):
+        ok = ok[feasible_mask(ok, [Constraint.from_dict(c) for c in constraints])]
+    return ok
+
+
 def pareto_rows(df: pd.DataFrame, objectives: list[dict[str, Any]],
                 constraints: Optional[list[dict[str, Any]]] = None) -> pd.DataFrame:
     """Completed, non-baseline trials that satisfy the space's constraints and that no other such
     trial dominates (the same front as ``sdsnn-search pareto`` for one study)."""
     import moocore
 
-    from .pareto import Constraint, feasible_mask
-
     if df is None or not len(df):
         return df
     metrics = [o["metric"] for o in objectives]
-    ok = df[(df["status"] == "completed") & (~df["is_baseline"].astype(bool))]
-    if constraints and len(ok):
-        cons = [Constraint(str(c["metric"]), str(c["op"]), float(c["value"])) for c in constraints]
-        ok = ok[feasible_mask(ok, cons)]
+    ok = _feasible_rows(df, constraints)
     ok = ok.dropna(subset=[m for m in metrics if m in ok.columns])
     if not len(ok) or any(m not in ok.columns for m in metrics):
         return ok.iloc[0:0]
@@ -197,17 +202,15 @@ class ProgressView(Callback):
         df = outcome.table
         front = pareto_rows(df, self.objectives, getattr(self, "constraints", None))
         if front is not None and len(front):
-            done = df[(df["status"] == "completed") & ~df["is_baseline"].astype(bool)]
-            constraints = getattr(self, "constraints", None) or []
-            cons = "; ".join(f"{c['metric']} {c['op']} {c['value']:g}" for c in constraints)
-            if constraints:
-                from .pareto import Constraint, feasible_mask
+            from .pareto import Constraint
 
-                feasible = int(feasible_mask(done, [Constraint(str(c["metric"]), str(c["op"]), float(c["value"]))
-                                                    for c in constraints]).sum())
-                of = f"{feasible} feasible ({cons}) / {len(done)} completed search trials"
+            constraints = getattr(self, "constraints", None) or []
+            done = len(_feasible_rows(df, None))
+            if constraints:
+                cons = "; ".join(str(Constraint.from_dict(c)) for c in constraints)
+                of = f"{len(_feasible_rows(df, constraints))} feasible ({cons}) / {done} completed search trials"
             else:
-                of = f"{len(done)} completed search trials"
+                of = f"{done} completed search trials"
             t = Table(title=f"Pareto set of {outcome.name}: {len(front)} on the front of {of}")
             t.add_column("trial")
             for o in self.objectives:

@@ -216,24 +216,24 @@ def _check_model_names(spec: SearchSpec, fail: Callable[[str, str], None]) -> No
                        f"register_model in a plugin, see 'Extending' in the README)")
 
 
-def _check_experiment(spec: SearchSpec, where: str) -> None:
-    """The fixed experiment config, as the trials get it (:meth:`SearchSpec.base_config`), must validate."""
+def _check_experiment(spec: SearchSpec, where: str) -> ExperimentConfig:
+    """The fixed experiment config, as the trials get it (:meth:`SearchSpec.base_config`), validated."""
     try:
-        ExperimentConfig.model_validate(spec.base_config())
+        return ExperimentConfig.model_validate(spec.base_config())
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, where).replace("field '", "field 'experiment.", 1)) from None
     except ConfigError as e:
         raise ConfigError(f"{where}: field 'experiment': {e}") from None
 
 
-def _check_backbones_build(spec: SearchSpec, fail: Callable[[str, str], None]) -> None:
+def _check_backbones_build(spec: SearchSpec, cfg: ExperimentConfig, fail: Callable[[str, str], None]) -> None:
     """Build every backbone the space can pick (the fixed one, and each ``model.name`` choice) once
     with the fixed config, for the dataset's input: a builder bug (a plugin's, most likely) fails
-    here in one line instead of failing every trial. Builds on the CPU, no data read."""
+    here in one line instead of failing every trial. Builds on the CPU, no data read. ``cfg``: the
+    fixed config (:func:`_check_experiment`)."""
     from sdsnn.data import get_dataset
     from sdsnn.models import build_model
 
-    cfg = ExperimentConfig.model_validate(spec.base_config())
     # (where, {model field: value}): the fixed backbone, each other name choice, and each searched
     # model setting at its bounds (or choices), one at a time (e.g. the deepest net's pooling)
     tries: list[tuple[str, dict[str, Any]]] = [("experiment.model.name", {})]
@@ -272,7 +272,7 @@ def _check(spec: SearchSpec, where: str) -> None:
         fail("experiment.data.dataset", "set the dataset with the top-level 'dataset' field instead")
 
     # the fixed config alone must be valid
-    _check_experiment(spec, where)
+    base = _check_experiment(spec, where)
 
     device = str((spec.base_config().get("train") or {}).get("device") or "")
     if device.startswith("cuda") and spec.resources.gpu <= 0:
@@ -333,7 +333,7 @@ def _check(spec: SearchSpec, where: str) -> None:
             fail(fp, "the dataset cannot be searched; write one space file per dataset")
 
     _check_model_names(spec, fail)
-    _check_backbones_build(spec, fail)
+    _check_backbones_build(spec, base, fail)
 
     if not 1 <= len(spec.objectives) <= 3:
         fail("objectives", f"give 1 to 3 objectives (got {len(spec.objectives)})")
