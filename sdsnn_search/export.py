@@ -255,14 +255,14 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
     from sdsnn.compact import compact, live_widths, load_model, save_model
     from sdsnn.data import build_loaders
     from sdsnn.energy import count_operations
-    from sdsnn.train import evaluate, logit_scale, restore
+    from sdsnn.train import CHECKPOINT_NAME, evaluate, logit_scale, restore
 
     trial_id = str(row["trial_id"])
     run_dir = Path(str(row.get("run_dir") or ""))
-    if not run_dir.is_absolute() or not (run_dir / "checkpoint.pt").is_file():
+    if not run_dir.is_absolute() or not (run_dir / CHECKPOINT_NAME).is_file():
         run_dir = study.path / "trials" / trial_id  # relative, or the study folder was moved
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise UserError(f"trial {trial_id} of {study.path} has no checkpoint at {run_dir / 'checkpoint.pt'}; "
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise UserError(f"trial {trial_id} of {study.path} has no checkpoint at {run_dir / CHECKPOINT_NAME}; "
                         f"re-run or resume the study so the trial finishes")
     restored = restore(run_dir)
     cfg = restored.config

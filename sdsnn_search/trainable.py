@@ -88,13 +88,13 @@ def _slim(run_dir: Path, trial_id: str) -> None:
     same model, and a warning; the trial stays completed."""
     import logging
 
-    from sdsnn.train import slim_checkpoint
+    from sdsnn.train import CHECKPOINT_NAME, slim_checkpoint
 
     try:
         slim_checkpoint(run_dir)
     except Exception as e:  # noqa: BLE001 - a space saving must not fail a finished trial
-        logging.getLogger(__name__).warning("trial %s: could not slim %s/checkpoint.pt (%s); the full "
-                                            "checkpoint stays", trial_id, run_dir, e)
+        logging.getLogger(__name__).warning("trial %s: could not slim %s (%s); the full checkpoint "
+                                            "stays", trial_id, Path(run_dir) / CHECKPOINT_NAME, e)
 
 
 def restore_run_dir(src: Path, run_dir: Path, trial_id: str) -> None:
@@ -105,16 +105,18 @@ def restore_run_dir(src: Path, run_dir: Path, trial_id: str) -> None:
     run folder (studies written before markers) and is copied back when the run folder lacks its
     checkpoint. Raises RuntimeError, naming the folder, when the state is nowhere to be found.
     """
+    from sdsnn.train import CHECKPOINT_NAME
+
     marker = src / MARKER_NAME
     if marker.is_file():
-        if (run_dir / "checkpoint.pt").is_file() or (run_dir / FINAL_NAME).is_file():
+        if (run_dir / CHECKPOINT_NAME).is_file() or (run_dir / FINAL_NAME).is_file():
             return
         epoch = json.loads(marker.read_text()).get("epoch")
         raise RuntimeError(
             f"trial {trial_id}: Ray restarted it after epoch {epoch}, but its run folder {run_dir} holds no "
-            f"checkpoint.pt; the study folder must be on storage that every Ray node shares (a local path on "
+            f"{CHECKPOINT_NAME}; the study folder must be on storage that every Ray node shares (a local path on "
             f"a single machine, or a shared file system on a cluster), and must not be cleaned while a study runs")
-    if not (run_dir / "checkpoint.pt").exists():
+    if not (run_dir / CHECKPOINT_NAME).exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, run_dir, dirs_exist_ok=True)
 
