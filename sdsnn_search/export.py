@@ -35,7 +35,7 @@ import pandas as pd
 from sdsnn.errors import UserError
 
 from .pareto import ParetoResult, Study, analyze
-from .studyfile import load_study_plugins
+from .studyfile import load_study_plugins, log_study_artifact
 
 __all__ = ["PICKS", "Exported", "pick_trials", "export_trial", "export_study"]
 
@@ -170,8 +170,8 @@ def _card_md(card: dict) -> str:
         (f"The dense baseline of study `{card['study']}` (the same backbone trained without structural "
          f"development), exported in the same format" if card.get("is_baseline") else
          "A spiking network trained with SD-SNN structural development and compacted (pruned neurons removed)")
-        + (f". Exported by trial id as **{card['alias']}** ({'on' if card.get('on_front') else 'not on'} the "
-           f"study's Pareto front)" if card.get("picked_by") == "trial id" else
+        + (f". Exported by trial id as **{card['alias']}**, {'on' if card.get('on_front') else 'not on'} the "
+           f"study's Pareto front" if card.get("picked_by") == "trial id" else
            f". Picked as **{card['alias']}** from the Pareto front of study `{card['study']}`")
         + f" (trial `{card['trial_id']}`) on dataset **{card['dataset']}**.",
         "",
@@ -221,9 +221,14 @@ def _card_md(card: dict) -> str:
         *(["import sdsnn.plugins",
             f"sdsnn.plugins.add_plugins({json.dumps(card['plugins'].split(','))})  # the study's plugins: "
             f"they register the backbone"] if card.get("plugins") else []),
-        f"model = sdsnn.load_model({json.dumps(card['folder_name'])})  # this folder; no pickle",
+        f"model = sdsnn.load_model({json.dumps(card['folder_name'])})  # the path of this folder; no pickle",
         "rates = model.predict(x)  # x: float32 [T, B, C, H, W] -> output rates [B, classes]; leaves the net at rest",
         "```",
+        "",
+        f"Inputs: float32 `[T, B, {', '.join(str(d) for d in card['input_shape'])}]` with T = {card['time_steps']}, "
+        f"prepared as the trial's `data` settings say (`{card['config']['data'].get('encoding')}` encoding; see the "
+        f"configuration above). For this dataset, `sdsnn.data.build_loaders(DataConfig(**card['config']['data']), "
+        f"seed=0).test` yields the test split ready to use (`DataConfig` from `sdsnn.config`).",
         "",
     ]
     if card.get("registered"):
@@ -258,9 +263,9 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
     from sdsnn.train import CHECKPOINT_NAME, evaluate, logit_scale, restore
 
     trial_id = str(row["trial_id"])
-    run_dir = Path(str(row.get("run_dir") or ""))
-    if not run_dir.is_absolute() or not (run_dir / CHECKPOINT_NAME).is_file():
-        run_dir = study.path / "trials" / trial_id  # relative, or the study folder was moved
+    # the study folder's own trial folder (where the trainable writes it), not the absolute path
+    # trials.csv recorded: a moved folder has none there, a copied one would read the original's
+    run_dir = study.path / "trials" / trial_id
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise UserError(f"trial {trial_id} of {study.path} has no checkpoint at {run_dir / CHECKPOINT_NAME}; "
                         f"re-run or resume the study so the trial finishes")
@@ -321,6 +326,7 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
             "plugins": study.meta.get("plugins") or None,  # SDSNN_PLUGINS the study ran with (its backbone)
             "dataset": cfg.data.dataset,
             "time_steps": cfg.data.time_steps,
+            "input_shape": [int(d) for d in loaded.input_shape],
             "test": {"acc": float(test["acc"]), "loss": float(test["loss"]), "samples": int(len(labels)),
                      "identical_predictions": identical, "max_abs_rate_diff": max_diff},
             "parameters": {"compact": _n_params(loaded), "dense": _n_params(dense_ref),
@@ -353,7 +359,11 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
 
 
 def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dict], Optional[str]]:
-    """Log the exported folder to the trial's MLflow run and register it with an alias."""
+    """Log the exported folder to the trial's MLflow run and register it with an alias.
+
+    Each export gets its own artifact folder (``export/<alias>/<UTC time>``), so an earlier
+    version's files are never overwritten by a later export; the card files there are logged
+    again once they name the version (as the local folder's do)."""
     uri = study.meta.get("tracking_uri")
     run_id = str(row.get("mlflow_run_id") or "")
     if run_id in ("", "nan", "None"):  # no child run recorded: log to the study's parent run
@@ -366,10 +376,9 @@ def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dic
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = _alias(f"sdsnn-{study.name}")
-    art_path = f"export/{exp.alias}"
+    art_path = f"export/{exp.alias}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     try:
-        client.log_artifacts(run_id, str(exp.folder), artifact_path=art_path)
-        source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + art_path
+        source = log_study_artifact(client, run_id, exp.folder, art_path, study.path, uri)
         try:
             client.get_registered_model(name)
         except MlflowException:
@@ -384,10 +393,17 @@ def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dic
                   "identical_predictions": str(exp.identical_predictions)},
             description=f"trial {exp.trial_id}, picked as {exp.alias}")
         client.set_registered_model_alias(name, exp.alias, mv.version)
-    except MlflowException as e:
-        return None, f"MLflow registration failed ({e.message.splitlines()[0] if e.message else e})"
-    return {"name": name, "version": str(mv.version), "alias": exp.alias, "source": source,
-            "uri": f"models:/{name}@{exp.alias}"}, None
+        registered = {"name": name, "version": str(mv.version), "alias": exp.alias, "source": source,
+                      "uri": f"models:/{name}@{exp.alias}"}
+        exp.card["registered"] = registered
+        _write_text(exp.folder / "card.json", json.dumps(exp.card, indent=2) + "\n")
+        _write_text(exp.folder / "MODEL_CARD.md", _card_md(exp.card))
+        for f in ("card.json", "MODEL_CARD.md"):
+            log_study_artifact(client, run_id, exp.folder / f, art_path, study.path, uri)
+    except (MlflowException, OSError) as e:
+        why = getattr(e, "message", None) or str(e)
+        return None, f"MLflow registration failed ({why.splitlines()[0] if why else type(e).__name__})"
+    return registered, None
 
 
 def pick_trial_by_id(study: Study, trial_id: str) -> tuple[str, pd.Series, Optional[pd.Series]]:
@@ -452,9 +468,5 @@ def export_study(study_dir: str | Path, pick: str, out_dir: str | Path, *, regis
             exp.registered, note = _register(study, exp, row)
             if note:
                 exp.notes.append(note)
-            if exp.registered:
-                exp.card["registered"] = exp.registered
-                _write_text(exp.folder / "card.json", json.dumps(exp.card, indent=2) + "\n")
-                _write_text(exp.folder / "MODEL_CARD.md", _card_md(exp.card))
         out.append(exp)
     return out

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .pareto import ParetoResult, Study
+from .studyfile import log_study_artifact
 
 __all__ = ["ReportFiles", "write_report", "parameter_importances", "REPORT_FILES"]
 
@@ -401,7 +402,7 @@ def _log_to_mlflow(study: Study, files: list[Path], artifact_path: str = "pareto
 
         client = MlflowClient(tracking_uri=uri)
         for f in files:
-            client.log_artifact(run_id, str(f), artifact_path=artifact_path)
+            log_study_artifact(client, run_id, f, artifact_path, study.path, uri)
     except Exception as e:
         return None, f"could not log artifacts to MLflow run {run_id} at {uri} ({type(e).__name__}: {e})"
     return run_id, None

@@ -6,25 +6,76 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import unquote, urlparse
 
 from sdsnn.errors import UserError
 
-__all__ = ["STUDY_FILE", "read_study", "write_study", "local_tracking_uri", "load_study_plugins"]
+__all__ = ["STUDY_FILE", "read_study", "write_study", "default_tracking_uri", "local_tracking_uri", "log_study_artifact",
+           "load_study_plugins"]
 
 STUDY_FILE = "study.json"
 
 
+def default_tracking_uri(study_dir: Path) -> str:
+    """The study's own MLflow store (``--tracking-uri`` not given): ``<study>/mlflow.db``."""
+    return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
+
+
 def local_tracking_uri(uri: Optional[str], study_dir: Path) -> Optional[str]:
     """The study's own sqlite store where it is now: a study folder that was moved or copied
-    (e.g. from a cluster to a laptop) still names the old absolute path in study.json."""
+    (e.g. from a cluster to a laptop) still names the old absolute path in study.json. A folder
+    holds an ``mlflow.db`` only when the study was made with its own store, so that one is used
+    whenever it is there (a copy must not log into the original's store)."""
     if not uri or not uri.startswith("sqlite:///"):
         return uri
-    here = Path(study_dir).resolve() / "mlflow.db"
-    if not Path(uri[len("sqlite:///"):]).exists() and here.is_file():
-        return f"sqlite:///{here}"
+    if (Path(study_dir) / "mlflow.db").is_file():
+        return default_tracking_uri(study_dir)
     return uri
+
+
+def _relocated_artifacts(run_artifact_uri: str, study_dir: Path, uri: str) -> Optional[Path]:
+    """Where a run's artifacts belong under this folder's ``mlartifacts/``, when the study is on
+    its own store and that store names them under another folder (the study was moved or copied);
+    None when MLflow's own path is right."""
+    if uri != default_tracking_uri(study_dir):
+        return None
+    parsed = urlparse(run_artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(unquote(parsed.path))
+    here = Path(study_dir).resolve() / "mlartifacts"
+    if path == here or here in path.parents or "mlartifacts" not in path.parts:
+        return None
+    rest = path.parts[len(path.parts) - path.parts[::-1].index("mlartifacts"):]
+    return here.joinpath(*rest)
+
+
+def log_study_artifact(client: Any, run_id: str, src: Path, artifact_path: str, study_dir: Path, uri: str) -> str:
+    """Log ``src`` (a file or a folder's files) under ``artifact_path`` of MLflow run ``run_id``
+    and return the artifacts' URI (a registered version's source).
+
+    A study on its own store whose folder was moved or copied: the store still holds the old
+    folder's absolute artifact paths, and MLflow would write there (recreating the old folder, or
+    into the original of a copy). The files go to the same place under this folder's
+    ``mlartifacts/`` instead; MLflow's run page then does not list them."""
+    run_uri = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    target = _relocated_artifacts(run_uri, Path(study_dir), uri)
+    if target is None:
+        if src.is_dir():
+            client.log_artifacts(run_id, str(src), artifact_path=artifact_path)
+        else:
+            client.log_artifact(run_id, str(src), artifact_path=artifact_path)
+        return f"{run_uri}/{artifact_path}"
+    dest = target / artifact_path
+    if src.is_dir():
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / src.name)
+    return dest.as_uri()
 
 
 def read_study(study_dir: str | Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ray.tune import Callback  # noqa: E402
 from sdsnn.config import flatten_dict  # noqa: E402
 
 from .stop import ended_status  # noqa: E402
+from .studyfile import default_tracking_uri  # noqa: E402  (re-exported)
 from .trainable import NON_METRIC_KEYS  # noqa: E402
 
 __all__ = [
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 
 TRIAL_TAG = "trial_id"
 _PARENT_TAG = "mlflow.parentRunId"
-
-
-def default_tracking_uri(study_dir: Path) -> str:
-    return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
 
 
 def code_version() -> str:

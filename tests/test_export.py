@@ -72,6 +72,7 @@ def _predictions(model, loader):
 
 
 def test_export_all_pareto_round_trip_card_and_registry(study, tmp_path):
+    import mlflow.artifacts
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
@@ -120,8 +121,11 @@ def test_export_all_pareto_round_trip_card_and_registry(study, tmp_path):
         reg = card["registered"]
         mv = client.get_model_version_by_alias(reg["name"], f"pareto-{tid}")
         assert str(mv.version) == reg["version"] and mv.run_id == front.set_index("trial_id").loc[tid, "mlflow_run_id"]
-        local = client.download_artifacts(mv.run_id, f"export/pareto-{tid}", str(tmp_path / f"dl-{tid}"))
+        assert mv.source == reg["source"] and f"/export/pareto-{tid}/" in mv.source  # a folder per export
+        local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / f"dl-{tid}"))
         assert torch.equal(_predictions(sdsnn.load_model(local), bundle.test), p_ckpt)
+        # the version's card is the local one, registration included
+        assert json.loads((Path(local) / "card.json").read_text()) == card
     assert pruned_somewhere, "the tiny study should prune some neurons"
 
 
@@ -231,3 +235,46 @@ def test_a_moved_study_folder_still_exports_and_reports(study, tmp_path):
     card = json.loads((tmp_path / "exp" / "knee" / "card.json").read_text())
     assert card["test"]["identical_predictions"] is True
     assert "registered" in r.output
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_copied_study_folder_exports_from_and_into_itself_only(study, tmp_path):
+    """A copy beside its original (study.json, trials.csv and the MLflow store all still name the
+    original's absolute paths): export reads the copy's checkpoints, registers in the copy's
+    store, writes the version's files under the copy's mlartifacts and leaves the original as it
+    was; each export keeps its own version folder."""
+    import shutil
+
+    import mlflow.artifacts
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    import sdsnn
+    from sdsnn_search.cli import main
+
+    copy = tmp_path / "copy" / "tiny"
+    shutil.copytree(study, copy)
+    before = _files(study)
+    out = tmp_path / "exp"
+    r = CliRunner().invoke(main, ["export", str(copy), "--trial", "a", "--out", str(out)])
+    assert r.exit_code == 0 and "registered" in r.output, r.output
+    first = json.loads((out / "trial-a" / "card.json").read_text())["registered"]
+    assert first["source"].startswith((copy / "mlartifacts").resolve().as_uri() + "/"), first
+    client = MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias(first["name"], "trial-a").version) == first["version"]
+    r = CliRunner().invoke(main, ["export", str(copy), "--trial", "a", "--out", str(out), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    second = json.loads((out / "trial-a" / "card.json").read_text())["registered"]
+    assert second["version"] != first["version"] and second["source"] != first["source"]
+    for reg in (first, second):  # both versions' files are there and load
+        local = mlflow.artifacts.download_artifacts(artifact_uri=reg["source"], dst_path=str(tmp_path / reg["version"]))
+        assert json.loads((Path(local) / "card.json").read_text())["registered"] == reg
+        sdsnn.load_model(local)
+    assert _files(study) == before, "the original study folder changed"
+    # the copy's own checkpoint, not the original's that trials.csv names
+    (copy / "trials" / "a" / "checkpoint.pt").unlink()
+    r = CliRunner().invoke(main, ["export", str(copy), "--trial", "a", "--out", str(tmp_path / "exp2")])
+    assert r.exit_code == 2 and str(copy / "trials" / "a" / "checkpoint.pt") in r.output, r.output
