@@ -43,10 +43,13 @@ from .errors import UserError
 from .models import SpikingNet, build_model
 from .structure import LayerMask, expand_group_mask
 
-__all__ = ["compact", "live_widths", "count_parameters", "save_model", "load_model", "FORMAT"]
+__all__ = ["compact", "compact_with_masks", "live_widths", "count_parameters", "save_model", "load_model", "FORMAT"]
 
 FORMAT = "sdsnn-model"
-FORMAT_VERSION = 1
+#: 2: model.safetensors may hold the masks too (``MASK_KEY``); version 1 files (no masks) load as before
+FORMAT_VERSION = 2
+MASK_PREFIX, MASK_SUFFIX = "masks.", ".group"
+MASK_KEY = MASK_PREFIX + "{}" + MASK_SUFFIX
 
 
 def _keep_index(mask: Optional[LayerMask], n: int, device: torch.device) -> torch.Tensor:
@@ -81,12 +84,21 @@ def _rebuild(model: SpikingNet, widths: list[int]) -> SpikingNet:
     )
 
 
-@torch.no_grad()
 def compact(model: SpikingNet, masks: Optional[Mapping[str, LayerMask]]) -> SpikingNet:
     """A new, physically smaller :class:`SpikingNet` equal to ``model`` with ``masks`` imposed.
 
     ``model`` is not modified.  The result is on the model's device and in its train/eval mode.
     """
+    return compact_with_masks(model, masks)[0]
+
+
+@torch.no_grad()
+def compact_with_masks(model: SpikingNet, masks: Optional[Mapping[str, LayerMask]]
+                       ) -> tuple[SpikingNet, dict[str, LayerMask]]:
+    """:func:`compact`, and the masks of the compacted model: the synapse groups of kept neurons
+    that ``masks`` left masked (their weights are zero in the compacted model) and all its
+    neurons alive.  ``count_operations(small, small_masks, ...)`` then counts what
+    ``count_operations(model, masks, ...)`` counts."""
     masks = masks or {}
     layers = model.prunable_layers()
     device = layers[0].weight.device
@@ -100,6 +112,7 @@ def compact(model: SpikingNet, masks: Optional[Mapping[str, LayerMask]]) -> Spik
     new_layers = new.prunable_layers()
     prev_keep: Optional[torch.Tensor] = None
     prev_kind: Optional[str] = None
+    new_masks: dict[str, LayerMask] = {}
     for i, (li, nl, keep) in enumerate(zip(layers, new_layers, keeps)):
         m = masks.get(li.name)
         w = li.weight.detach()
@@ -118,6 +131,9 @@ def compact(model: SpikingNet, masks: Optional[Mapping[str, LayerMask]]) -> Spik
         else:
             cols = prev_keep
         nl.module.weight.copy_(w.index_select(0, keep).index_select(1, cols))
+        group = m.group.to(device) if m is not None else torch.ones(w.shape[:2], dtype=torch.bool, device=device)
+        new_masks[nl.name] = LayerMask(group.index_select(0, keep).index_select(1, cols),  # [out, in] like w's
+                                       torch.ones(int(keep.numel()), dtype=torch.bool, device=device))
         alive_k = alive.index_select(0, keep).to(w.dtype)
         if li.module.bias is not None:
             nl.module.bias.copy_(li.module.bias.detach().index_select(0, keep) * alive_k)
@@ -135,7 +151,7 @@ def compact(model: SpikingNet, masks: Optional[Mapping[str, LayerMask]]) -> Spik
     for ob, nb in zip(model.blocks, new.blocks):
         nb.neuron.load_state_dict(ob.neuron.state_dict())
     new.train(model.training)
-    return new
+    return new, new_masks
 
 
 def count_parameters(model: SpikingNet, masks: Optional[Mapping[str, LayerMask]] = None) -> dict[str, int]:
@@ -172,14 +188,18 @@ def save_model(
     *,
     masks: Optional[Mapping[str, LayerMask]] = None,
 ) -> Path:
-    """Write ``path/model.safetensors`` and ``path/model.json``; with ``masks``, compact first.
+    """Write ``path/model.safetensors`` and ``path/model.json``; with ``masks``, compact first and
+    store the compacted model's masks too (:func:`compact_with_masks`: the synapse groups of kept
+    neurons that stay masked; ``load_model(...).masks``), so that the saved model's operation
+    counts and energy can be recomputed from the folder alone.
 
     ``meta`` (JSON-serialisable) is stored under ``"meta"`` in model.json.  Returns the folder.
     """
     from safetensors.torch import save_file
 
+    kept_masks: dict[str, LayerMask] = {}
     if masks is not None:
-        model = compact(model, masks)
+        model, kept_masks = compact_with_masks(model, masks)
     d = Path(path)
     doc = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": model.spec(), "meta": meta or {}}
     try:
@@ -188,6 +208,7 @@ def save_model(
         raise UserError(f"save_model: meta is not JSON-serialisable ({e}); pass plain numbers, strings, lists, dicts") from None
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors.update({MASK_KEY.format(name): m.group.to("cpu").contiguous() for name, m in kept_masks.items()})
     _atomic_write(d / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     # model.json last: a folder with a model.json always has matching weights next to it
     _atomic_write(d / "model.json", lambda tmp: Path(tmp).write_text(text + "\n"))
@@ -197,7 +218,9 @@ def save_model(
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> SpikingNet:
     """Rebuild a model written by :func:`save_model` (a folder, or its model.json) in eval mode.
 
-    Uses only JSON and safetensors (no pickle).  The stored metadata is in ``model.meta``.
+    Uses only JSON and safetensors (no pickle).  The stored metadata is in ``model.meta``, the
+    stored masks in ``model.masks`` (``{layer: LayerMask}``, or None when the folder has none: every
+    weight live), ready for ``sdsnn.count_operations(model, model.masks, batches, energy_cfg)``.
     """
     from safetensors.torch import load_file
 
@@ -225,10 +248,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SpikingN
         raise UserError(f"{jf}: not a valid sdsnn model description ({type(e).__name__}: {e}); re-export the model") from None
     try:
         state = load_file(str(wf))
+        groups = {k[len(MASK_PREFIX):-len(MASK_SUFFIX)]: state.pop(k) for k in list(state)
+                  if k.startswith(MASK_PREFIX) and k.endswith(MASK_SUFFIX)}
         model.load_state_dict(state, strict=True)
+        masks = None
+        if groups:
+            masks = {}
+            for li in model.prunable_layers():
+                g = groups.pop(li.name)
+                if g.dtype != torch.bool or tuple(g.shape) != tuple(li.weight.shape[:2]):
+                    raise ValueError(f"mask of {li.name} is {g.dtype} {tuple(g.shape)}")
+                masks[li.name] = LayerMask(g, torch.ones(li.num_neurons, dtype=torch.bool))
+            if groups:
+                raise ValueError(f"masks of unknown layers {sorted(groups)}")
     except Exception as e:
         raise UserError(f"{wf}: weights do not match model.json ({type(e).__name__}); re-export the model") from None
     model.meta = doc.get("meta", {})  # type: ignore[attr-defined]
+    model.masks = None if masks is None else {k: LayerMask(m.group.to(device), m.neuron.to(device))  # type: ignore[attr-defined]
+                                              for k, m in masks.items()}
     return model.to(device).eval()
 
 

@@ -228,7 +228,10 @@ def _card_md(card: dict) -> str:
         f"Inputs: float32 `[T, B, {', '.join(str(d) for d in card['input_shape'])}]` with T = {card['time_steps']}, "
         f"prepared as the trial's `data` settings say (`{card['config']['data'].get('encoding')}` encoding; see the "
         f"configuration above). For this dataset, `sdsnn.data.build_loaders(DataConfig(**card['config']['data']), "
-        f"seed=0).test` yields the test split ready to use (`DataConfig` from `sdsnn.config`).",
+        f"seed=0).test` yields the test split ready to use (`DataConfig` from `sdsnn.config`). The energy "
+        f"figures above are `sdsnn.count_operations(model, model.masks, test_batches, "
+        f"EnergyConfig(**card['config']['energy']))` (`model.masks`: the synapse groups this compact network "
+        f"still has masked, stored with its weights).",
         "",
     ]
     if card.get("registered"):
@@ -278,9 +281,8 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=final.parent))
     try:
-        small = compact(dense_model, masks)
-        save_model(small, work, meta={"study": study.name, "trial_id": trial_id, "alias": alias,
-                                            "dataset": cfg.data.dataset})
+        save_model(dense_model, work, meta={"study": study.name, "trial_id": trial_id, "alias": alias,
+                                            "dataset": cfg.data.dataset}, masks=masks)  # compacts
         loaded = load_model(work)
 
         # round trip on the whole test set

@@ -137,6 +137,42 @@ def test_save_and_load_round_trip_without_pickle(tmp_path):
     assert load_model(out / "model.json").widths == small.widths
 
 
+def test_saved_masks_reproduce_the_masked_networks_operation_counts(tmp_path):
+    """The saved folder alone gives the masked network's SOPs, MACs and energy: the masked groups
+    of kept neurons are stored (their weights are zero, but a weight that is zero is not a mask)
+    and ``load_model(...).masks`` hands them back; a model saved without masks has none."""
+    from sdsnn import count_operations
+    from sdsnn.compact import compact_with_masks
+
+    torch.manual_seed(4)
+    gen = torch.Generator().manual_seed(4)
+    kw, shape, _ = CASES["convnet"]
+    model = build_model(ModelConfig(name="convnet", **kw), shape, 5, static_input=True)
+    x = torch.rand(1, 8, *shape).expand(3, -1, -1, -1, -1) * 2
+    _warm_bn(model, x)
+    model.eval()
+    masks = _random_masks(model, gen)
+    apply_masks(model.prunable_layers(), masks)
+    batches = [torch.rand(1, 8, *shape).expand(3, -1, -1, -1, -1) * 2 for _ in range(2)]
+    ref = count_operations(model, masks, batches)
+    loaded = load_model(save_model(model, tmp_path / "m", masks=masks))
+    assert set(loaded.masks) == {li.name for li in loaded.prunable_layers()}
+    assert all(m.neuron.all() for m in loaded.masks.values())
+    # some kept neurons keep masked groups (else this test would not test anything), all zero
+    assert any(not m.group.all() for m in loaded.masks.values())
+    for li in loaded.prunable_layers():
+        from sdsnn.structure import expand_group_mask
+        assert not li.weight[~expand_group_mask(loaded.masks[li.name].group, li.weight)].any()
+    got = count_operations(loaded, loaded.masks, batches)
+    assert got.sops == pytest.approx(ref.sops, rel=1e-6) and got.macs == pytest.approx(ref.macs, rel=1e-6)
+    assert got.energy_pj == pytest.approx(ref.energy_pj, rel=1e-6)
+    # without the masks the zero weights of masked groups count as live connections
+    assert count_operations(loaded, None, batches).macs > ref.macs
+    _, small_masks = compact_with_masks(model, masks)
+    assert all(torch.equal(small_masks[k].group, loaded.masks[k].group) for k in small_masks)
+    assert load_model(save_model(model, tmp_path / "plain")).masks is None
+
+
 def test_load_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="no saved model"):
         load_model(tmp_path)

@@ -78,6 +78,7 @@ def test_export_all_pareto_round_trip_card_and_registry(study, tmp_path):
 
     import sdsnn
     from sdsnn.compact import count_parameters
+    from sdsnn.config import EnergyConfig
     from sdsnn.data import build_loaders
     from sdsnn.train import restore
     from sdsnn_search.cli import main
@@ -116,6 +117,12 @@ def test_export_all_pareto_round_trip_card_and_registry(study, tmp_path):
             pruned_somewhere = True
             assert card["parameters"]["compact"] < card["parameters"]["dense"]
         assert card["speed"]["compact_ms"] > 0 and card["speed"]["dense_ms"] > 0
+        # the card's energy, recomputed from the exported folder alone (its stored masks)
+        rep = sdsnn.count_operations(loaded, loaded.masks, list(bundle.test), EnergyConfig(**card["config"]["energy"]))
+        e = card["energy_test"]
+        assert e["samples"] == rep.samples > 0  # the first energy.batches test batches, as at export
+        for k in ("sops", "macs", "energy_pj"):
+            assert e[k] == pytest.approx(getattr(rep, k), rel=1e-6), k
 
         # registered with its alias; the registered artifacts load and predict the same
         reg = card["registered"]
