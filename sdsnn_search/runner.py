@@ -966,7 +966,8 @@ def _execute(spec: SearchSpec, study_dir: Path, info: dict[str, Any], *, trainab
     try:
         end_study_run(info["tracking_uri"], info["parent_run_id"], "KILLED" if interrupted else "FINISHED",
                       summary=summary,
-                      artifacts=(study_dir / "trials.csv", study_dir / STUDY_FILE) if not interrupted else ())
+                      artifacts=(study_dir / "trials.csv", study_dir / STUDY_FILE) if not interrupted else (),
+                      study_dir=study_dir)
     except Exception as e:  # tracking trouble must not hide the results
         print(f"warning: could not close the MLflow parent run: {e}")
     outcome = StudyOutcome(study_dir, info["name"], df, interrupted, info["tracking_uri"], info["parent_run_id"], counts)

@@ -54,8 +54,8 @@ def _relocated_artifacts(run_artifact_uri: str, study_dir: Path, uri: str) -> Op
 
 
 def log_study_artifact(client: Any, run_id: str, src: Path, artifact_path: str, study_dir: Path, uri: str) -> str:
-    """Log ``src`` (a file or a folder's files) under ``artifact_path`` of MLflow run ``run_id``
-    and return the artifacts' URI (a registered version's source).
+    """Log ``src`` (a file or a folder's files) under ``artifact_path`` (``""``: the top) of MLflow
+    run ``run_id`` and return the artifacts' URI (a registered version's source).
 
     A study on its own store whose folder was moved or copied: the store still holds the old
     folder's absolute artifact paths, and MLflow would write there (recreating the old folder, or
@@ -65,10 +65,10 @@ def log_study_artifact(client: Any, run_id: str, src: Path, artifact_path: str, 
     target = _relocated_artifacts(run_uri, Path(study_dir), uri)
     if target is None:
         if src.is_dir():
-            client.log_artifacts(run_id, str(src), artifact_path=artifact_path)
+            client.log_artifacts(run_id, str(src), artifact_path=artifact_path or None)
         else:
-            client.log_artifact(run_id, str(src), artifact_path=artifact_path)
-        return f"{run_uri}/{artifact_path}"
+            client.log_artifact(run_id, str(src), artifact_path=artifact_path or None)
+        return f"{run_uri}/{artifact_path}".rstrip("/")
     dest = target / artifact_path
     if src.is_dir():
         shutil.copytree(src, dest, dirs_exist_ok=True)

@@ -25,7 +25,7 @@ from ray.tune import Callback  # noqa: E402
 from sdsnn.config import flatten_dict  # noqa: E402
 
 from .stop import ended_status  # noqa: E402
-from .studyfile import default_tracking_uri  # noqa: E402  (re-exported)
+from .studyfile import default_tracking_uri, log_study_artifact  # noqa: E402  (the first re-exported)
 from .trainable import NON_METRIC_KEYS  # noqa: E402
 
 __all__ = [
@@ -129,8 +129,10 @@ def start_study_run(
 
 
 def end_study_run(tracking_uri: str, run_id: str, status: str, summary: Optional[dict[str, float]] = None,
-                  artifacts: tuple[Path, ...] = ()) -> None:
-    """Close the parent run (FINISHED, FAILED or KILLED), logging summary metrics and files."""
+                  artifacts: tuple[Path, ...] = (), *, study_dir: Path) -> None:
+    """Close the parent run (FINISHED, FAILED or KILLED), logging summary metrics and the study
+    folder's files (into its own artifact folder where the study was moved or copied:
+    :func:`studyfile.log_study_artifact`)."""
     from mlflow.entities import Metric
 
     c = _client(tracking_uri)
@@ -140,7 +142,7 @@ def end_study_run(tracking_uri: str, run_id: str, status: str, summary: Optional
                                      if isinstance(v, (int, float)) and math.isfinite(float(v))])
     for p in artifacts:
         if Path(p).exists():
-            c.log_artifact(run_id, str(p))
+            log_study_artifact(c, run_id, Path(p), "", study_dir, tracking_uri)
     c.set_terminated(run_id, status=status)
 
 
