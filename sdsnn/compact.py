@@ -234,6 +234,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SpikingN
         if doc.get("format") != FORMAT:
             raise ValueError(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
         arch = doc["architecture"]
+        _check_backbone_known(jf, arch["model"]["name"], doc.get("meta") or {})
         model = build_model(
             ModelConfig.model_validate(arch["model"]),
             arch["input_shape"],
@@ -267,6 +268,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SpikingN
     model.masks = None if masks is None else {k: LayerMask(m.group.to(device), m.neuron.to(device))  # type: ignore[attr-defined]
                                               for k, m in masks.items()}
     return model.to(device).eval()
+
+
+def _check_backbone_known(jf: Path, name: Any, meta: Mapping[str, Any]) -> None:
+    """One line when ``model.json`` names a backbone this process has not registered (a plugin's)."""
+    from .models import MODELS
+    from .plugins import load_plugins
+
+    load_plugins()
+    if not isinstance(name, str) or name in MODELS:
+        return
+    plugins = meta.get("plugins")
+    raise UserError(
+        f"{jf}: backbone '{name}' is not registered in this process; "
+        + (f"it was saved with the plugins {plugins}: " if plugins else "")
+        + "import the module that registers it (@sdsnn.register_model) before load_model, or name its file in "
+          "SDSNN_PLUGINS")
 
 
 class _CallableModule(types.ModuleType):

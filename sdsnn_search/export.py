@@ -281,8 +281,10 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=final.parent))
     try:
-        save_model(dense_model, work, meta={"study": study.name, "trial_id": trial_id, "alias": alias,
-                                            "dataset": cfg.data.dataset}, masks=masks)  # compacts
+        meta = {"study": study.name, "trial_id": trial_id, "alias": alias, "dataset": cfg.data.dataset}
+        if study.meta.get("plugins"):
+            meta["plugins"] = study.meta["plugins"]  # for load_model's message where they are missing
+        save_model(dense_model, work, meta=meta, masks=masks)  # compacts
         loaded = load_model(work)
 
         # round trip on the whole test set

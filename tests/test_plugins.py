@@ -169,6 +169,13 @@ def test_search_with_a_plugin_runs_in_rays_workers(tmp_path):
     p = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path / "exp", env=_env(), capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0 and p.stdout.strip().startswith("["), p.stdout + p.stderr
+    # without the plugin: one line naming the backbone and the plugin the model was saved with
+    code = "import sdsnn\ntry:\n    sdsnn.load_model('knee')\nexcept sdsnn.UserError as e:\n    print(e)\n"
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "exp",
+                       env=_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and len(p.stdout.strip().splitlines()) == 1, p.stdout + p.stderr
+    assert "backbone 'wide_mlp' is not registered" in p.stdout and "renamed.py" in p.stdout, p.stdout
 
 
 def test_plugins_reach_workers_of_a_ray_the_caller_started(tmp_path):
