@@ -30,6 +30,9 @@ class _Group(click.Group):
             click.echo(f"error: {e.strerror or e}{where} (check the path and its permissions; "
                        f"SDSNN_DEBUG=1 shows the traceback)", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # commands that resume say how themselves; the rest: the shell's code
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -82,6 +82,8 @@ def read_study(study_dir: str | Path) -> dict[str, Any]:
     """The parsed ``study.json`` of ``study_dir``, its MLflow URI pointed at the folder's own store
     when the folder has moved. One-line :class:`UserError` when it is missing or broken."""
     p = Path(study_dir) / STUDY_FILE
+    if not Path(study_dir).exists():
+        raise UserError(f"{study_dir}: no such folder; give a study folder made by 'sdsnn-search run' (results/<study>/)")
     if not p.is_file():
         raise UserError(f"{study_dir}: not a study folder (no {STUDY_FILE}); give a folder made by "
                         f"'sdsnn-search run' (results/<study>/)")

@@ -175,3 +175,18 @@ def test_ctrl_c_during_train_says_how_to_continue(tmp_path):
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert len(metrics.read_text().splitlines()) == done + 1
+
+
+def test_ctrl_c_in_any_command_exits_130_and_a_missing_study_folder_is_named(tmp_path, monkeypatch):
+    import sdsnn_search.export as export
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_study", interrupted)
+    r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "x")], catch_exceptions=False)
+    assert r.exit_code == 130 and "interrupted" in r.output and "Aborted" not in r.output, r.output
+    monkeypatch.undo()
+    missing = tmp_path / "nope"
+    r = CliRunner().invoke(main, ["export", str(missing), "--out", str(tmp_path / "x")], catch_exceptions=False)
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and f"{missing}: no such folder" in r.output, r.output
