@@ -102,6 +102,15 @@ def _outputs(model, loader) -> "Any":
     return torch.cat(out), torch.cat(labels)
 
 
+def _tied_top(rates) -> int:
+    """Samples whose highest output is shared by two or more classes (``argmax`` then picks the
+    lowest class index): frequent with spike-count readouts at small T."""
+    if rates.shape[1] < 2 or not len(rates):
+        return 0
+    top2 = rates.topk(2, dim=1).values
+    return int((top2[:, 0] == top2[:, 1]).sum())
+
+
 def _time_per_sample_ms(models: list, batches: list, repeats: int = 5, min_round_s: float = 0.1) -> list[float]:
     """Wall time per sample (ms) of a forward pass over ``batches``, for each model.
 
@@ -181,6 +190,9 @@ def _card_md(card: dict) -> str:
         f"- predictions of the exported model loaded with `sdsnn.load_model` vs the trial's checkpoint "
         f"network: **{'identical' if t['identical_predictions'] else 'DIFFERENT'}** on all "
         f"{t['samples']} test samples (largest output-rate difference {t['max_abs_rate_diff']:.3g})",
+        *([f"- {t['tied_top']} of {t['samples']} test samples have their highest output shared by two or more "
+           f"classes (`argmax` then picks the lowest class index; more time steps or `readout: potential` "
+           f"break such ties)"] if t.get("tied_top") else []),
         "",
         "## Structure and cost",
         "",
@@ -332,7 +344,8 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
             "time_steps": cfg.data.time_steps,
             "input_shape": [int(d) for d in loaded.input_shape],
             "test": {"acc": float(test["acc"]), "loss": float(test["loss"]), "samples": int(len(labels)),
-                     "identical_predictions": identical, "max_abs_rate_diff": max_diff},
+                     "identical_predictions": identical, "max_abs_rate_diff": max_diff,
+                     "tied_top": _tied_top(rates_loaded)},
             "parameters": {"compact": _n_params(loaded), "dense": _n_params(dense_ref),
                            "compact_nonzero": _n_nonzero(loaded), "dense_nonzero": _n_nonzero(dense_ref)},
             "widths": {"dense": live_widths(dense_model, None), "compact": live_widths(dense_model, masks)},

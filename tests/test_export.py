@@ -117,6 +117,11 @@ def test_export_all_pareto_round_trip_card_and_registry(study, tmp_path):
             pruned_somewhere = True
             assert card["parameters"]["compact"] < card["parameters"]["dense"]
         assert card["speed"]["compact_ms"] > 0 and card["speed"]["dense_ms"] > 0
+        # ties at the top, counted independently
+        with torch.no_grad():
+            rates = torch.cat([loaded.predict(x) for x, _ in bundle.test])
+        ties = sum(int((r == r.max()).sum() > 1) for r in rates)
+        assert card["test"]["tied_top"] == ties
         # the card's energy, recomputed from the exported folder alone (its stored masks)
         rep = sdsnn.count_operations(loaded, loaded.masks, list(bundle.test), EnergyConfig(**card["config"]["energy"]))
         e = card["energy_test"]
