@@ -677,12 +677,27 @@ class SpikingNet(nn.Module):
         per_sample = int(x.shape[0]) * self._widest * x.element_size()
         return max(1, min(B, self.inference_chunk_bytes // per_sample))
 
+    def _check_input(self, x: torch.Tensor, where: str) -> None:
+        """``x`` must be ``[T, B, *input_shape]`` in the parameters' floating dtype: a ValueError
+        in one line otherwise, instead of a shape or dtype error from deep inside a layer.  Only
+        the shape and dtype are compared (no pass over the data: forward is on the training path)."""
+        dtype = self.blocks[0].layer.weight.dtype
+        if x.dim() == 5 and x.shape[2:] == self.input_shape and x.dtype == dtype:
+            return
+        want = ", ".join(str(v) for v in self.input_shape)
+        got = ", ".join(str(v) for v in x.shape)
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(
+            f"SpikingNet.{where}: expected x [T, B, {want}] {name} (T time steps, B samples), got "
+            f"[{got}] {str(x.dtype).removeprefix('torch.')}; images must be scaled to {name} as in training "
+            f"and repeated over the T time steps (see the model card's \"How to use\")"
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Output (spike rates, or mean potential for ``readout: potential``) for ``x [T, B, ...]``,
         continuing from the neurons' current state and leaving their final state in place (the
         spikingjelly convention; call :meth:`reset` between independent batches)."""
-        if x.dim() != 5:
-            raise ValueError(f"SpikingNet expects x of shape [T, B, C, H, W], got {tuple(x.shape)}")
+        self._check_input(x, "forward")
         n = self._chunk_size(x)
         if n < x.shape[1]:
             return self._forward_chunked(x, n, keep_state=True)
@@ -694,8 +709,7 @@ class SpikingNet(nn.Module):
         CPU, from rest, the neurons' final state is never built (the last step's reset is skipped
         and the chunks' states are not gathered), and each chunk reuses the previous chunk's
         buffers (:data:`Workspace`)."""
-        if x.dim() != 5:
-            raise ValueError(f"SpikingNet expects x of shape [T, B, C, H, W], got {tuple(x.shape)}")
+        self._check_input(x, "predict")
         if self._at_rest_cpu_inference(x):
             n = self._chunk_size(x)
             y = self._forward_chunked(x, n, keep_state=False) if n < x.shape[1] else self._forward(x, False)

@@ -26,7 +26,7 @@ from .compact import count_parameters
 from .config import ExperimentConfig
 from .data import build_loaders
 from .energy import count_operations
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .models import build_model
 from .plasticity import StructuralDevelopment
 from .structure import LayerMask, full_masks
@@ -174,6 +174,48 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read ``path`` (a checkpoint :func:`train` wrote) onto the CPU with ``weights_only=True``.
+
+    A file that cannot be opened keeps its own ``OSError`` (it names the path). A file torch
+    cannot read (cut short, a text written over it, another kind of file) or that is not an
+    sdsnn checkpoint raises :class:`~sdsnn.errors.UserError` in one line that names it; torch's
+    own message (dozens of lines, advising ``weights_only=False``) is not passed on.
+    """
+    why = None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except OSError as e:  # torch's reader says "[Errno 22] Invalid argument" for some cut-short files
+        if e.filename is not None:  # opening or reading the path failed: not the file's content
+            raise
+        why = _unreadable_why(path)
+    except Exception:  # on a damaged file torch raises anything from UnpicklingError to IndexError
+        why = _unreadable_why(path)
+    else:
+        if not isinstance(state, dict) or not {"config", "model"} <= state.keys():
+            why = "a torch file, but not an sdsnn checkpoint (no config and model)"
+    if why is not None:
+        raise UserError(f"{path}: not a readable sdsnn checkpoint ({why}); re-run the trial or training "
+                        f"run that wrote it from scratch (this file cannot be restored or resumed)") from None
+    return state
+
+
+def _unreadable_why(path: Path) -> str:
+    """Why torch could not read ``path``, from its first bytes (a torch checkpoint is a zip archive)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return "unreadable"
+    if not head:
+        return "an empty file"
+    if head == b"PK\x03\x04":
+        return "a truncated or corrupt torch archive"
+    return "corrupt: not a torch file; something else written over it?"
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -258,10 +300,8 @@ def train(
     if resume and ckpt_path is not None and ckpt_path.exists():
         # read onto the CPU: load_state_dict moves each tensor to its parameter's device, and the
         # random-number states must stay CPU byte tensors (set_rng_state refuses a CUDA one)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(ckpt_path)
         if state.get("slim"):  # refused before anything in the run folder changes
-            from .errors import UserError
-
             raise UserError(f"{ckpt_path}: holds only the final model and masks (slimmed with "
                             f"sdsnn.train.slim_checkpoint, as search trials are when they complete), not the "
                             f"training state; it cannot be resumed: train a new run")
@@ -423,7 +463,7 @@ def slim_checkpoint(run_dir: str | Path) -> tuple[int, int]:
     """
     path = Path(run_dir) / CHECKPOINT_NAME
     before = path.stat().st_size
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _load_checkpoint(path)
     if state.get("slim"):
         return before, before
     out = {k: state[k] for k in _SLIM_KEYS if k in state}
@@ -442,10 +482,8 @@ def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
     """Rebuild a trained model and its masks from ``run_dir/checkpoint.pt`` (no pickle)."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.exists():
-        from .errors import UserError
-
         raise UserError(f"{path}: no checkpoint found (was the trial run to completion with a run dir?)")
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = _load_checkpoint(path)  # onto the CPU: building the model and loading its state move it
     cfg = ExperimentConfig.model_validate(state["config"])
     dev_t = torch.device(device)
     model, dev = _build(cfg, state["input_shape"], state["num_classes"], state["static_input"], dev_t)

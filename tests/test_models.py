@@ -361,3 +361,42 @@ def test_cuda_neuron_kernels_fall_back_to_torch_without_a_compiler(monkeypatch):
     models.choose_cuda_neuron_kernels()
     assert os.environ["SJ_LIF_CUDA_IMPLEMENTATION"] == "torch"
     assert os.environ["SJ_PLIF_CUDA_IMPLEMENTATION"] == "triton"  # the user's choice
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("static", [False, True])
+def test_predict_and_forward_refuse_a_wrong_input_in_one_line(name, static):
+    """x must be [T, B, *input_shape] in the parameters' dtype: a wrong image size, dtype or rank is
+    a ValueError in one line that names what was expected and what was given (not a shape or dtype
+    error from inside a layer); the right input, also a direct-encoding view repeating one frame
+    over T (static_input), and events with 2 polarity channels (dvs_convnet) still run."""
+    kw, shape = SMALL[name]
+    m = build_model(ModelConfig(name=name, **kw), shape, 4, static_input=static).eval()
+    want = "[T, B, " + ", ".join(map(str, shape)) + "] float32"
+    c, h, w = shape
+    frame = torch.rand(5, c, h, w)
+    good = frame.unsqueeze(0).expand(3, -1, -1, -1, -1) if static else torch.rand(3, 5, *shape)
+    bad = {
+        "image size": torch.rand(3, 5, c, 2 * h, 2 * w),
+        "channels": torch.rand(3, 5, c + 1, h, w),
+        "float64": good.double(),
+        "uint8": (good * 255).to(torch.uint8),
+        "rank 4": frame,
+        "rank 6": good.unsqueeze(0),
+    }
+    for call in (m.predict, m):
+        with torch.no_grad():
+            assert call(good).shape == (5, 4)
+        m.reset()
+        for what, x in bad.items():
+            with pytest.raises(ValueError) as info:
+                call(x)
+            msg = str(info.value)
+            assert want in msg and "\n" not in msg, (what, msg)
+            got = "[" + ", ".join(map(str, x.shape)) + "] " + str(x.dtype).removeprefix("torch.")
+            assert got in msg and "repeated over the T time steps" in msg, (what, msg)
+    with torch.no_grad():  # a double model takes double input
+        m.double()
+        assert m.predict(good.double()).dtype == torch.float64
+        with pytest.raises(ValueError, match=r"\] float64 \(T time steps"):
+            m.predict(good)

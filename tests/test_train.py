@@ -325,3 +325,64 @@ def test_resume_check_counts_settings_added_since_with_their_defaults(tmp_path):
     check_resumable(tmp_path, cfg)
     with pytest.raises(UserError, match="data.randaugment_ops 0 -> 2"):
         check_resumable(tmp_path, tiny_cfg(**{"data.randaugment_ops": 2}))
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory) -> bytes:
+    """The bytes of a real (full, resumable) checkpoint of a one-epoch tiny run."""
+    run = tmp_path_factory.mktemp("real")
+    train(tiny_cfg(**{"train.epochs": 1}), run, progress=False)
+    return (run / "checkpoint.pt").read_bytes()
+
+
+_DAMAGE = {
+    "text": lambda good: b"this is not a checkpoint\n",  # a text file written over it
+    "half": lambda good: good[: len(good) // 2],  # truncated (the archive's directory is lost)
+    "prefix": lambda good: good[:10000],  # truncated early (torch: "[Errno 22] Invalid argument")
+    "empty": lambda good: b"",
+    "tensor": lambda good: _saved(torch.zeros(3)),  # a torch file, but not a checkpoint
+}
+
+
+def _saved(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGE))
+def test_a_corrupt_checkpoint_is_one_line_naming_it_for_restore_resume_and_slim(tmp_path, real_checkpoint, damage):
+    """A checkpoint that torch cannot read (text over it, cut short) is a UserError in one line that
+    names the file and says what to do, from restore, resume and slim_checkpoint alike; never the
+    weights_only=False advice of torch's own message, and nothing in the run folder changes."""
+    from sdsnn.errors import UserError
+    from sdsnn.train import slim_checkpoint
+
+    ckpt = tmp_path / "checkpoint.pt"
+    bad = _DAMAGE[damage](real_checkpoint)
+    ckpt.write_bytes(bad)
+    calls = {
+        "restore": lambda: restore(tmp_path),
+        "resume": lambda: train(tiny_cfg(**{"train.epochs": 2}), tmp_path, resume=True, progress=False),
+        "slim": lambda: slim_checkpoint(tmp_path),
+    }
+    for what, call in calls.items():
+        with pytest.raises(UserError) as info:
+            call()
+        msg = str(info.value)
+        assert str(ckpt) in msg and "not a readable sdsnn checkpoint" in msg, (what, msg)
+        assert "re-run" in msg and "\n" not in msg and "weights_only" not in msg, (what, msg)
+        assert ckpt.read_bytes() == bad, what  # left as it was
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"], what  # nothing written
+
+
+def test_a_missing_checkpoint_keeps_its_own_errors(tmp_path):
+    from sdsnn.errors import UserError
+    from sdsnn.train import slim_checkpoint
+
+    with pytest.raises(UserError, match="no checkpoint found"):
+        restore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        slim_checkpoint(tmp_path)
