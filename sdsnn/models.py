@@ -690,7 +690,7 @@ class SpikingNet(nn.Module):
         raise ValueError(
             f"SpikingNet.{where}: expected x [T, B, {want}] {name} (T time steps, B samples), got "
             f"[{got}] {str(x.dtype).removeprefix('torch.')}; images must be scaled to {name} as in training "
-            f"and repeated over the T time steps (see the model card's \"How to use\")"
+            f"and repeated over the T time steps (an exported model's card, \"How to load\", says how)"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
