@@ -82,7 +82,10 @@ def resolve_train_run(
     out = Path(out_dir) if out_dir else default_out_dir(cfg)
     stored = out / "sdsnn" / "config.json"
     if resume and path is None and stored.is_file():
-        base = json.loads(stored.read_text())
+        try:
+            base = json.loads(stored.read_text())
+        except ValueError:  # sdsnn.compare.check_resumable says so in one line
+            return cfg, out
         cfg = _validate(apply_overrides(base, _train_overrides(dataset, epochs, data_root, sets)), str(stored))
     return cfg, out
 

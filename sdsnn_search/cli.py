@@ -99,7 +99,8 @@ def data_fetch(name, data_root) -> None:
               help="Override any field by dotted path, e.g. --set plasticity.spine_window=2 (YAML value).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for checkpoints and metrics (default results/train-<name>-<dataset>).")
-@click.option("--baseline/--no-baseline", default=True, help="Also train the dense baseline and compare.")
+@click.option("--baseline/--no-baseline", default=None,
+              help="Also train the dense baseline and compare (default: yes; --resume: as the run was started).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out with its own settings (only --epochs, threads, device and data root may change).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (default: refuse).")
@@ -110,13 +111,15 @@ def train(config_path, dataset, epochs, data_root, sets, out_dir, baseline, resu
 
     cfg, out = resolve_train_run(config_path, out_dir=out_dir, resume=resume, dataset=dataset, epochs=epochs,
                                  data_root=data_root, sets=sets)
-    ensure_available(cfg.data)  # before torch is imported: a missing dataset fails at once
-    from sdsnn.compare import train_against_dense
+    from sdsnn.compare import check_run_folder, resume_hint, train_against_dense
 
+    # the folder's rules first (a changed setting is named as such, not as a missing dataset) ...
+    baseline = check_run_folder(cfg, out, baseline=baseline, resume=resume, overwrite=overwrite)
+    ensure_available(cfg.data)  # ... then the data, before training starts: a missing dataset fails at once
     try:
         comp = train_against_dense(cfg, out, baseline=baseline, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:  # every finished epoch is checkpointed
-        click.echo(f"\ninterrupted: continue with  sdsnn-search train --resume --out {out}", err=True)
+        click.echo(f"\ninterrupted: {resume_hint(out)}", err=True)
         sys.exit(130)
     from rich.console import Console
     from rich.table import Table

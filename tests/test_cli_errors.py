@@ -171,10 +171,12 @@ def test_ctrl_c_during_train_says_how_to_continue(tmp_path):
     assert f"continue with  sdsnn-search train --resume --out {out}" in err and "Traceback" not in err
     done = len(metrics.read_text().splitlines())
     assert 2 <= done < 200
-    r = CliRunner().invoke(main, ["train", "--resume", "--out", str(out), "--epochs", str(done + 1), "--no-baseline"],
+    # the printed command as it is: the run continues as it was started (no baseline)
+    r = CliRunner().invoke(main, ["train", "--resume", "--out", str(out), "--epochs", str(done + 1)],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert len(metrics.read_text().splitlines()) == done + 1
+    assert not (out / "dense").exists()
 
 
 def test_ctrl_c_in_any_command_exits_130_and_a_missing_study_folder_is_named(tmp_path, monkeypatch):
@@ -190,3 +192,32 @@ def test_ctrl_c_in_any_command_exits_130_and_a_missing_study_folder_is_named(tmp
     missing = tmp_path / "nope"
     r = CliRunner().invoke(main, ["export", str(missing), "--out", str(tmp_path / "x")], catch_exceptions=False)
     assert r.exit_code == 2 and r.output.count("\n") == 1 and f"{missing}: no such folder" in r.output, r.output
+
+
+def test_train_overwrite_replaces_both_parts_and_resume_checks_the_folder_first(tmp_path, monkeypatch):
+    """Found by a stranger's tour: --overwrite --no-baseline left the old dense/ run, which a later
+    --resume printed as this run's baseline; a changed dataset on resume was reported as a missing
+    dataset; a damaged config.json ended in a traceback after rewriting it with defaults."""
+    from sdsnn.compare import resume_hint
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    base = ["train", "--dataset", "digits", "--set", "data.train_limit=100", "--set", "model.width=8",
+            "--set", "train.threads=1", "--out", "run"]
+    r = CliRunner().invoke(main, [*base, "--epochs", "2"], catch_exceptions=False)
+    assert r.exit_code == 0 and (run / "dense" / "checkpoint.pt").is_file(), r.output
+    r = CliRunner().invoke(main, [*base, "--epochs", "1", "--no-baseline", "--overwrite"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert not any((run / "dense").iterdir()), "the old baseline survived --overwrite"
+    r = CliRunner().invoke(main, ["train", "--resume", "--out", "run", "--epochs", "2"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert not (run / "dense" / "checkpoint.pt").exists()
+    assert len((run / "sdsnn" / "metrics.jsonl").read_text().splitlines()) == 2
+    # a changed setting is named as such, before the (missing) data is looked for
+    _fails_cleanly(["train", "--resume", "--out", "run", "--dataset", "mnist", "--data-root", str(tmp_path / "none")],
+                   tmp_path, "data.dataset 'digits' -> 'mnist'")
+    (run / "sdsnn" / "config.json").write_text("{bad")
+    _fails_cleanly(["train", "--resume", "--out", "run", "--epochs", "3"], tmp_path, "config.json is unreadable")
+    (run / "sdsnn" / "config.json").unlink()
+    _fails_cleanly(["train", "--resume", "--out", "run", "--epochs", "3"], tmp_path, "config.json is missing")
+    assert "continue with" in resume_hint(run) and "nothing to resume" in resume_hint(tmp_path / "new")

@@ -322,6 +322,7 @@ def test_resume_check_counts_settings_added_since_with_their_defaults(tmp_path):
     saved = cfg.to_dict()
     del saved["data"]["randaugment_ops"], saved["data"]["randaugment_magnitude"]  # an older config.json
     (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "checkpoint.pt").write_bytes(b"")  # a folder that has trained (the file is not read)
     check_resumable(tmp_path, cfg)
     with pytest.raises(UserError, match="data.randaugment_ops 0 -> 2"):
         check_resumable(tmp_path, tiny_cfg(**{"data.randaugment_ops": 2}))
