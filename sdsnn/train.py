@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,7 +341,10 @@ def train(
     status = "completed"
     epochs = range(start_epoch, cfg.train.epochs)
     bar = None
-    if progress:
+    # a terminal gets a progress bar; a log file (stderr not a terminal) one line per epoch, not a
+    # bar redrawn with carriage returns into one ever longer line
+    log_lines = progress and not sys.stderr.isatty()
+    if progress and not log_lines:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.train.epochs, initial=start_epoch, desc=cfg.name, unit="epoch")
@@ -432,6 +436,10 @@ def train(
                     val=f"{metrics['val_acc']:.3f}",
                     prune=f"{metrics['syn_prune_rate']:.2f}",
                 )
+        elif log_lines and status == "completed":
+            print(f"{cfg.name}: epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train_loss']:.3f}  "
+                  f"val {metrics['val_acc']:.3f}  prune {metrics['syn_prune_rate']:.2f}  "
+                  f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         if on_epoch is not None:
             on_epoch(metrics, run_path)
         if status != "completed":

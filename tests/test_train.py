@@ -387,3 +387,15 @@ def test_a_missing_checkpoint_keeps_its_own_errors(tmp_path):
         restore(tmp_path)
     with pytest.raises(FileNotFoundError):
         slim_checkpoint(tmp_path)
+
+
+def test_progress_into_a_log_file_is_one_line_per_epoch(capsys):
+    """stderr that is not a terminal (a log file, a pipe) gets plain lines, not a bar redrawn with
+    carriage returns into one ever longer line."""
+    res = train(tiny_cfg(**{"train.epochs": 2}), None, progress=True)
+    assert res.status == "completed"
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ": epoch " in ln]
+    assert [ln.split(": epoch ")[1].split()[0] for ln in lines] == ["1/2", "2/2"], err
+    assert all(" val " in ln and " loss " in ln for ln in lines)
