@@ -204,17 +204,33 @@ class ExperimentConfig(_Strict):
         return ExperimentConfig.model_validate(d)
 
 
+def _field_path(loc: tuple) -> str:
+    """A field's dotted path, without the tags pydantic adds for each member of a union
+    (``develop_every.literal['epoch']``, ``develop_every.int``): those name types, not fields."""
+    parts = [str(p) for p in loc]
+    while len(parts) > 1 and (parts[-1] in ("int", "float", "str", "bool", "none") or "[" in parts[-1]):
+        parts.pop()
+    return ".".join(parts) or "<top level>"
+
+
 def format_validation_error(err: ValidationError, where: str) -> str:
-    """One line: the file, the first offending field path, what is wrong."""
-    first = err.errors()[0]
-    path = ".".join(str(p) for p in first.get("loc", ())) or "<top level>"
-    msg = first.get("msg", "invalid value")
-    kind = first.get("type", "")
-    if kind == "extra_forbidden":
-        msg = "unknown field (check the spelling; see ExperimentConfig in sdsnn/config.py)"
-    more = len(err.errors()) - 1
+    """One line: the file, the first offending field path, what is wrong (a value that fits no
+    member of a union field: what each member wanted, joined by "or")."""
+    errors = err.errors()
+    path = _field_path(errors[0].get("loc", ()))
+    same = [e for e in errors if _field_path(e.get("loc", ())) == path]
+    msgs: list[str] = []
+    for e in same:
+        m = e.get("msg", "invalid value")
+        if e.get("type", "") == "extra_forbidden":
+            m = "unknown field (check the spelling; see ExperimentConfig in sdsnn/config.py)"
+        if msgs and m.startswith("Input should be "):
+            m = m[len("Input should be "):]
+        if m not in msgs:
+            msgs.append(m)
+    more = len(errors) - len(same)
     tail = f" (and {more} more error{'s' if more > 1 else ''})" if more > 0 else ""
-    return f"{where}: field '{path}': {msg}{tail}"
+    return f"{where}: field '{path}': {' or '.join(msgs)}{tail}"
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:

@@ -221,3 +221,9 @@ def test_train_overwrite_replaces_both_parts_and_resume_checks_the_folder_first(
     (run / "sdsnn" / "config.json").unlink()
     _fails_cleanly(["train", "--resume", "--out", "run", "--epochs", "3"], tmp_path, "config.json is missing")
     assert "continue with" in resume_hint(run) and "nothing to resume" in resume_hint(tmp_path / "new")
+
+
+def test_a_value_fitting_no_member_of_a_union_field_names_the_field_and_each_choice(tmp_path):
+    err = _fails_cleanly(["train", "--dataset", "digits", "--set", "plasticity.develop_every=ep", "--out", "o"],
+                         tmp_path, "field 'plasticity.develop_every': Input should be 'epoch' or a valid integer")
+    assert "literal[" not in err and "more error" not in err
