@@ -69,7 +69,8 @@ def data_check(name, data_root) -> None:
 
     statuses = check_datasets([name] if name else None, data_root)
     roots = data_roots(data_root)
-    click.echo("data roots: " + ", ".join(f"{r}{'' if Path(r).is_dir() else ' (does not exist)'}" for r in roots))
+    click.echo("data roots: " + ", ".join(
+        f"{r}{'' if Path(r).is_dir() else ' (not a folder)' if Path(r).exists() else ' (does not exist)'}" for r in roots))
     for line in format_status_table(statuses):
         click.echo(line)
     if name and statuses[0].state == "absent":
