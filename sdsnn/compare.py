@@ -81,6 +81,8 @@ class Comparison:
                 delta = "-"
             elif key in ("energy_pj", "sops", "macs", "params") and b:
                 delta = f"x{a / b:.3f}"
+            elif key in ("energy_pj", "sops", "macs", "params"):  # none in either (MACs of event data)
+                delta = "-" if a == 0 else f"{a - b:+,.1f}"
             elif "{:.2%}" == fmt:
                 delta = f"{(a - b) * 100:+.2f} pt"
             else:

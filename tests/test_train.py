@@ -399,3 +399,18 @@ def test_progress_into_a_log_file_is_one_line_per_epoch(capsys):
     lines = [ln for ln in err.splitlines() if ": epoch " in ln]
     assert [ln.split(": epoch ")[1].split()[0] for ln in lines] == ["1/2", "2/2"], err
     assert all(" val " in ln and " loss " in ln for ln in lines)
+
+
+def test_comparison_table_deltas():
+    """Ratios for counts, points for rates; a count that is zero on both sides (MACs of event data,
+    where every layer reads spikes) has no ratio and shows '-', not '+0.0'."""
+    from sdsnn.compare import Comparison
+    from sdsnn.train import TrainResult
+
+    run = TrainResult("completed", {"val_acc": 0.85, "macs": 0.0, "sops": 90.0, "energy_pj": 81.0})
+    dense = TrainResult("completed", {"val_acc": 0.80, "macs": 0.0, "sops": 100.0, "energy_pj": 90.0})
+    rows = {r[0]: r[1:] for r in Comparison(run, dense).rows()}
+    assert rows["validation accuracy"][2] == "+5.00 pt"
+    assert rows["SOPs / sample"][2] == "x0.900" and rows["energy / sample (pJ)"][2] == "x0.900"
+    assert rows["MACs / sample"] == ("0", "0", "-")
+    assert rows["test accuracy"] == ("-", "-", "-")  # neither has it
