@@ -494,3 +494,19 @@ def test_event_resolution_is_the_width_and_height_keeps_the_aspect():
     ds = Davis346()
     assert ds.input_shape == (2, 260, 346)
     assert ds.shape_for(DataConfig(dataset="dvsgesture", resolution=173)) == (2, 130, 173)
+
+
+def test_an_incomplete_image_dataset_names_the_missing_files(tmp_path):
+    from sdsnn.data.registry import get_dataset
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz"):
+        (raw / f).write_bytes(b"")  # only the names matter here
+    ds = get_dataset("mnist")
+    st = ds.status([tmp_path])
+    assert st.state == "absent" and st.note == f"incomplete in {raw}: missing t10k-labels-idx1-ubyte"
+    msg = ds.missing_message([tmp_path])
+    assert msg.startswith(f"dataset 'mnist' is incomplete in {raw}: missing t10k-labels-idx1-ubyte;") and "\n" not in msg
+    # nothing there at all: the general message, with every expected file
+    assert "expected train-images-idx3-ubyte" in ds.missing_message([tmp_path / "empty"])

@@ -56,6 +56,28 @@ class ImageDataset(Dataset):
         folder = root / self.folder
         return all(self._file(folder, f) is not None for f in self.files)
 
+    def _incomplete(self, roots: Sequence[Path]) -> Optional[tuple[Path, list[str]]]:
+        """The first root's folder that holds some of the files but not all, and the missing ones."""
+        for r in roots:
+            folder = Path(r) / self.folder
+            missing = [f for f in self.files if self._file(folder, f) is None]
+            if 0 < len(missing) < len(self.files):
+                return folder, missing
+        return None
+
+    def absent_note(self, roots: Sequence[Path]) -> str:
+        part = self._incomplete(roots)
+        if part is None:
+            return super().absent_note(roots)
+        return f"incomplete in {part[0]}: missing {', '.join(part[1])}"
+
+    def missing_message(self, roots: Sequence[Path]) -> str:
+        part = self._incomplete(roots)
+        if part is None:
+            return super().missing_message(roots)
+        return (f"dataset '{self.name}' is incomplete in {part[0]}: missing {', '.join(part[1])}; run "
+                f"`sdsnn-search data fetch {self.name}` or copy the missing files there")
+
     def counts(self, root: Path) -> dict[str, int]:
         return {s: len(self._read_cached(str(root / self.folder), s)[1]) for s in ("train", "test")}
 

@@ -106,6 +106,10 @@ class Dataset(abc.ABC):
                 return r
         return None
 
+    def absent_note(self, roots: Sequence[Path]) -> str:
+        """What ``data check`` says of an absent dataset."""
+        return f"expected {self.expected_files()} in <root>/{self.folder}/"
+
     def missing_message(self, roots: Sequence[Path]) -> str:
         where = ", ".join(str(r) for r in roots)
         return (
@@ -126,7 +130,7 @@ class Dataset(abc.ABC):
             return DatasetStatus(self.name, "built-in", None, self.counts(Path(".")), note=self.description)
         root = self.find(roots)
         if root is None:
-            return DatasetStatus(self.name, "absent", None, note=f"expected {self.expected_files()} in <root>/{self.folder}/")
+            return DatasetStatus(self.name, "absent", None, note=self.absent_note(roots))
         counts = self.counts(root)
         full = self.full_counts
         partial = bool(full) and any(counts.get(k, 0) < v for k, v in full.items())
