@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -378,7 +379,7 @@ def export_trial(study: Study, row: pd.Series, alias: str, out_dir: Path, *,
 def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dict], Optional[str]]:
     """Log the exported folder to the trial's MLflow run and register it with an alias.
 
-    Each export gets its own artifact folder (``export/<alias>/<UTC time>``), so an earlier
+    Each export gets its own artifact folder (``export/<alias>/<UTC time to the microsecond>``), so an earlier
     version's files are never overwritten by a later export; the card files there are logged
     again once they name the version (as the local folder's do)."""
     uri = study.meta.get("tracking_uri")
@@ -393,7 +394,8 @@ def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dic
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = _alias(f"sdsnn-{study.name}")
-    art_path = f"export/{exp.alias}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    # microseconds: two exports in the same second (a script) must not share a folder
+    art_path = f"export/{exp.alias}/{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
     try:
         source = log_study_artifact(client, run_id, exp.folder, art_path, study.path, uri)
         try:
