@@ -236,15 +236,16 @@ def ui_cmd(study_dir, port) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write the reports into OUT/<dataset>/ instead of each study folder.")
 @click.option("--mlflow/--no-mlflow", "log_mlflow", default=True, show_default=True,
-              help="Also log the report files as artifacts on each study's MLflow parent run.")
+              help="Also log the report files as artifacts on each study's MLflow parent run "
+                   "(--no-mlflow: never contact the MLflow store).")
 def pareto(dirs, out_dir, log_mlflow) -> None:
     """Pareto fronts, hypervolume, knee and reports of finished studies (merged per dataset)."""
     from pathlib import Path
 
-    from sdsnn_search.pareto import analyze_studies
+    from sdsnn_search.pareto import analyze_by_dataset
     from sdsnn_search.report import write_report
 
-    results = analyze_studies(dirs)
+    results, errors = analyze_by_dataset(dirs, use_mlflow=log_mlflow)
     for dataset, res in results.items():
         target = Path(out_dir) / dataset if out_dir else None
         written = write_report(res, target, log_mlflow=log_mlflow)
@@ -253,11 +254,17 @@ def pareto(dirs, out_dir, log_mlflow) -> None:
         click.echo(f"{dataset}: {len(res.front)} on the front of {res.counts['feasible']} feasible / "
                    f"{res.counts['completed']} completed trials; hypervolume {res.hypervolume:.6g}; "
                    f"knee {res.knee_trial_id} ({objs})")
+        for n in res.notes:
+            click.echo(f"  note: {n}")
         for w in written:
             where = f" (logged to MLflow run {w.logged_to})" if w.logged_to else ""
             click.echo(f"  report: {w.folder / 'report.md'}{where}")
             for n in w.notes:
                 click.echo(f"  note: {n}")
+    for dataset, why in errors.items():
+        click.echo(f"error: {why}", err=True)
+    if errors:
+        sys.exit(2)
 
 
 @main.command("export")

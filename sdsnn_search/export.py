@@ -36,7 +36,7 @@ import pandas as pd
 from sdsnn.errors import UserError
 
 from .pareto import ParetoResult, Study, analyze
-from .studyfile import load_study_plugins, log_study_artifact
+from .studyfile import load_study_plugins, log_study_artifact, store_unreachable
 
 __all__ = ["PICKS", "Exported", "pick_trials", "export_trial", "export_study"]
 
@@ -388,6 +388,9 @@ def _register(study: Study, exp: Exported, row: pd.Series) -> tuple[Optional[dic
         run_id = study.meta.get("parent_run_id")
     if not uri or not run_id:
         return None, "study.json names no MLflow tracking URI / run; not registered"
+    why = store_unreachable(uri)
+    if why:
+        return None, f"{why}; not registered"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

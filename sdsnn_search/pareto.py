@@ -39,7 +39,7 @@ import pandas as pd
 
 from sdsnn.errors import UserError
 
-from .studyfile import STUDY_FILE, read_study
+from .studyfile import STUDY_FILE, read_study, store_unreachable
 
 __all__ = [
     "Objective",
@@ -54,6 +54,7 @@ __all__ = [
     "knee_index",
     "feasible_mask",
     "analyze",
+    "analyze_by_dataset",
     "analyze_studies",
 ]
 
@@ -93,10 +94,21 @@ class Study:
     meta: dict
     trials: pd.DataFrame
     order_source: str = "table row order"
+    label: str = ""  # set by analyze: the name, made unique among merged studies (see _labels)
 
     @property
     def name(self) -> str:
         return str(self.meta.get("name") or self.path.name)
+
+    @property
+    def tag(self) -> str:
+        """How tables and plots name this study: its label where analyze gave one, else its name."""
+        return self.label or self.name
+
+    @property
+    def finished(self) -> bool:
+        """False when the study was interrupted or is still running (study.json ``finished``)."""
+        return self.meta.get("finished") is not False
 
     @property
     def dataset(self) -> str:
@@ -134,10 +146,12 @@ class ParetoResult:
     baselines: pd.DataFrame  # the dense baseline row(s), one per study (may be empty)
     counts: dict = field(default_factory=dict)
     reference_point_derived: bool = False  # the space gave none: derived from the trials
+    notes: list[str] = field(default_factory=list)  # what a reader of the figures must know (see analyze)
 
     @property
     def knee(self) -> pd.Series:
-        return self.front.loc[self.front["trial_id"] == self.knee_trial_id].iloc[0]
+        # by the flag, not the trial id: merged studies can share trial ids
+        return self.front.loc[self.front["is_knee"].astype(bool)].iloc[0]
 
     def best(self, metric: str, mode: str) -> pd.Series:
         """The front member that is best on ``metric`` (ties: first in front order)."""
@@ -245,8 +259,11 @@ def _bool_column(col: pd.Series) -> pd.Series:
     return col.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
 
 
-def load_study(path: str | Path) -> Study:
-    """Read ``study.json`` and the trials table (parquet, else CSV) of a study folder."""
+def load_study(path: str | Path, *, use_mlflow: bool = True) -> Study:
+    """Read ``study.json`` and the trials table (parquet, else CSV) of a study folder.
+
+    ``use_mlflow=False``: never contact the study's MLflow store (an older table without
+    ``ended_at`` then keeps its row order)."""
     p = Path(path)
     meta_file = p / STUDY_FILE
     meta = read_study(p)
@@ -275,36 +292,45 @@ def load_study(path: str | Path) -> Study:
     trials = trials.copy()
     trials["trial_id"] = trials["trial_id"].astype(str)
     trials["is_baseline"] = _bool_column(trials["is_baseline"]) if "is_baseline" in trials.columns else False
-    trials, source = _completion_order(trials, meta)
+    trials, source = _completion_order(trials, meta, use_mlflow)
     return Study(path=p.resolve(), meta=meta, trials=trials, order_source=source)
 
 
-def _completion_order(trials: pd.DataFrame, meta: dict) -> tuple[pd.DataFrame, str]:
-    """Rows sorted by when each trial finished (end time of its MLflow run; unfinished ones last).
+def _completion_order(trials: pd.DataFrame, meta: dict, use_mlflow: bool = True) -> tuple[pd.DataFrame, str]:
+    """Rows sorted by when each trial finished (unfinished ones last, ties in row order).
 
-    Falls back to the table's row order when the study has no tracking store or the runs cannot
-    be read. Returns (sorted table, a phrase saying where the order came from).
-    """
-    uri, parent = meta.get("tracking_uri"), meta.get("parent_run_id")
-    if not uri or not parent or "mlflow_run_id" not in trials.columns:
-        return trials, "table row order"
-    try:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow.tracking import MlflowClient
+    The time comes from the table's ``ended_at`` column (written by the runner), else, for tables
+    written before it existed, from the end times of the trials' MLflow runs; where neither can
+    be had the table's row order stands. Returns (sorted table, a phrase saying where the order
+    came from)."""
+    if "ended_at" in trials.columns and pd.to_numeric(trials["ended_at"], errors="coerce").notna().any():
+        key, source = pd.to_numeric(trials["ended_at"], errors="coerce"), "end times recorded in the trials table"
+    else:
+        uri, parent = meta.get("tracking_uri"), meta.get("parent_run_id")
+        if not uri or not parent or "mlflow_run_id" not in trials.columns:
+            return trials, "table row order"
+        if not use_mlflow:
+            return trials, "table row order (MLflow not read: --no-mlflow)"
+        why = store_unreachable(uri)
+        if why:
+            return trials, f"table row order ({why})"
+        try:
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=uri)
-        exp_id = meta.get("experiment_id") or client.get_run(parent).info.experiment_id
-        runs = client.search_runs([str(exp_id)], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
-                                  max_results=50000)
-    except Exception:  # an unreadable store only costs the ordering
-        return trials, "table row order (MLflow store unreadable)"
-    when = {r.info.run_id: (r.info.end_time or r.info.start_time) for r in runs}
-    key = trials["mlflow_run_id"].astype(str).map(when)
-    if key.isna().all():
-        return trials, "table row order"
+            client = MlflowClient(tracking_uri=uri)
+            exp_id = meta.get("experiment_id") or client.get_run(parent).info.experiment_id
+            runs = client.search_runs([str(exp_id)], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                      max_results=50000)
+        except Exception:  # an unreadable store only costs the ordering
+            return trials, "table row order (MLflow store unreadable)"
+        when = {r.info.run_id: (r.info.end_time or r.info.start_time) for r in runs}
+        key, source = trials["mlflow_run_id"].astype(str).map(when), "end times of the trials' MLflow runs"
+        if key.isna().all():
+            return trials, "table row order"
     order = pd.to_numeric(key, errors="coerce").fillna(float("inf")).to_numpy()
     idx = sorted(range(len(trials)), key=lambda i: (order[i], i))
-    return trials.iloc[idx].reset_index(drop=True), "end times of the trials' MLflow runs"
+    return trials.iloc[idx].reset_index(drop=True), source
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -367,13 +393,17 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
     if not studies:
         raise ValueError("no study to analyze")
     studies = sorted(studies, key=lambda s: str(s.meta.get("created") or ""))
+    _check_not_copies(studies)
+    _set_labels(studies)
     first = studies[0]
     objectives = first.objectives
     for s in studies[1:]:
         if s.objectives != objectives:
+            def _objs(st: Study) -> str:
+                return ", ".join(f"{o.metric} ({o.mode})" for o in st.objectives)
             raise UserError(
-                f"studies {first.path} and {s.path} of dataset '{first.dataset}' have different objectives; "
-                f"analyze them in separate 'sdsnn-search pareto' calls")
+                f"studies {first.path} ({_objs(first)}) and {s.path} ({_objs(s)}) of dataset '{first.dataset}' "
+                f"have different objectives; analyze them in separate 'sdsnn-search pareto' calls")
     maximise = [o.maximise for o in objectives]
     constraints: list[Constraint] = []
     for s in studies:
@@ -384,7 +414,7 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
     frames = []
     for s in studies:
         t = s.trials.copy()
-        t.insert(0, "study", s.name)
+        t.insert(0, "study", s.tag)
         frames.append(t)
     trials = pd.concat(frames, ignore_index=True, sort=False)
     metrics = [o.metric for o in objectives]
@@ -411,7 +441,7 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
             failed = int((trials["status"].astype(str).isin(["failed", "nan"]) & ~baseline).sum())
             raise UserError(
                 f"no search trial of dataset '{first.dataset}' in {where} completed ({failed} failed or diverged); "
-                f"see the trials' 'error' tags in MLflow (sdsnn-search ui DIR) and run the study again")
+                f"see the trials' 'error' tags in MLflow (sdsnn-search ui {first.path}) and run the study again")
         raise UserError(
             f"no feasible trial for dataset '{first.dataset}' in {where}: {counts['feasible']} of "
             f"{counts['completed']} completed search trials satisfy the constraints ({cons}); "
@@ -437,24 +467,121 @@ def analyze(studies: Sequence[Study]) -> ParetoResult:
     front = front.reset_index(drop=True)
     k = knee_index(front[metrics].to_numpy(dtype=float), maximise)
     front.insert(2, "is_knee", np.arange(len(front)) == k)
+    front["dominated_by_dense"] = _dominated_by_baseline(front, baselines, metrics, maximise)
     return ParetoResult(
         dataset=first.dataset, studies=list(studies), objectives=objectives, constraints=constraints,
         reference_point=[float(v) for v in reference_point], reference_point_derived=derived,
         trials=trials, front=front,
         knee_trial_id=str(front.loc[k, "trial_id"]), hypervolume=hv, history=history,
-        baselines=baselines.reset_index(drop=True), counts=counts)
+        baselines=baselines.reset_index(drop=True), counts=counts,
+        notes=_notes(studies, constraints, front, objectives))
 
 
-def analyze_studies(paths: Sequence[str | Path]) -> dict[str, ParetoResult]:
-    """Load study folders, group them by dataset and analyze each group. Keys: dataset names."""
+def _notes(studies: Sequence[Study], constraints: Sequence[Constraint], front: pd.DataFrame,
+           objectives: Sequence[Objective]) -> list[str]:
+    """Warnings and explanations that belong next to the figures (report.md and the CLI)."""
+    notes = []
+    for s in studies:
+        if not s.finished:
+            notes.append(f"study '{s.tag}' has not finished (interrupted, or still running): its front can "
+                         f"still change; continue it with 'sdsnn-search resume {s.path}'")
+    if len(studies) > 1:
+        cons = "; ".join(str(c) for c in constraints) or "none"
+        notes.append(f"{len(studies)} studies merged: a trial is feasible only if it meets the constraints of "
+                     f"every study ({cons}); the reference point takes each objective's worst coordinate of the "
+                     f"studies' points; deltas are against each trial's own study's dense baseline")
+    dominated = front[front["dominated_by_dense"]]
+    knee = front[front["is_knee"]].iloc[0]
+    if len(dominated):
+        which = " (the knee among them)" if bool(knee["dominated_by_dense"]) else ""
+        notes.append(f"{len(dominated)} of {len(front)} front members{which} are dominated by their study's dense "
+                     f"baseline (at least as good on every objective): "
+                     f"{', '.join(str(t) for t in dominated['trial_id'])}; the search found no better trade-off "
+                     f"than the dense network there (train longer or widen the search space)")
+    if len(front) == 2:
+        o = objectives[0]
+        notes.append(f"the front has two members: normalised by the front's ideal and nadir points they tie on the "
+                     f"knee criterion, so the knee is the one with the {'higher' if o.maximise else 'lower'} "
+                     f"{o.metric}")
+    return notes
+
+
+def _check_not_copies(studies: Sequence[Study]) -> None:
+    """A study and a copy of it (same name, creation time and MLflow parent run) would count every
+    trial twice: refuse the merge."""
+    seen: dict[tuple, Study] = {}
+    for s in studies:
+        key = (s.name, s.meta.get("created"), s.meta.get("parent_run_id"))
+        if not s.meta.get("created"):
+            continue
+        if key in seen:
+            raise UserError(f"{seen[key].path} and {s.path} are copies of one study ('{s.name}', created "
+                            f"{s.meta.get('created')}); merging them would count each trial twice - pass one of them")
+        seen[key] = s
+
+
+def _set_labels(studies: Sequence[Study]) -> None:
+    """Give each study a label unique among ``studies``: its name, or, where two merged studies
+    share a name, ``<parent folder>/<folder>`` (the whole path if that is not unique either)."""
+    names = [s.name for s in studies]
+    for s in studies:
+        s.label = s.name
+        if names.count(s.name) > 1:
+            s.label = f"{s.path.parent.name}/{s.path.name}"
+    labels = [s.label for s in studies]
+    for s in studies:
+        if labels.count(s.label) > 1:
+            s.label = str(s.path)
+
+
+def _dominated_by_baseline(front: pd.DataFrame, baselines: pd.DataFrame, metrics: Sequence[str],
+                           maximise: Sequence[bool]) -> np.ndarray:
+    """True for each front member whose own study's dense baseline is at least as good on every
+    objective and better on one: the search found nothing better than the dense network there."""
+    base = {r["study"]: r for _, r in baselines.iterrows()}
+    out = np.zeros(len(front), dtype=bool)
+    for i, (_, r) in enumerate(front.iterrows()):
+        b = base.get(r["study"])
+        if b is None:
+            continue
+        mine = to_minimisation(pd.to_numeric(r[list(metrics)], errors="coerce").to_numpy(dtype=float), maximise)[0]
+        theirs = to_minimisation(pd.to_numeric(b[list(metrics)], errors="coerce").to_numpy(dtype=float), maximise)[0]
+        if np.all(np.isfinite(theirs)):
+            out[i] = bool(np.all(theirs <= mine) and np.any(theirs < mine))
+    return out
+
+
+def analyze_by_dataset(paths: Sequence[str | Path], *, use_mlflow: bool = True
+                       ) -> tuple[dict[str, ParetoResult], dict[str, str]]:
+    """Load study folders, group them by dataset and analyze each group.
+
+    Returns (results, errors), both keyed by dataset name: a dataset whose studies cannot be
+    analysed (no feasible trial, say) gets its one-line reason in ``errors`` and does not stop
+    the others. A folder that is not a study raises :class:`UserError` before any analysis."""
     if not paths:
         raise UserError("no study folder given; pass one or more results/<study>/ folders")
     groups: dict[str, list[Study]] = {}
     seen: set[Path] = set()
     for p in paths:
-        s = load_study(p)
+        s = load_study(p, use_mlflow=use_mlflow)
         if s.path in seen:
             continue
         seen.add(s.path)
         groups.setdefault(s.dataset, []).append(s)
-    return {ds: analyze(group) for ds, group in groups.items()}
+    results: dict[str, ParetoResult] = {}
+    errors: dict[str, str] = {}
+    for ds, group in groups.items():
+        try:
+            results[ds] = analyze(group)
+        except UserError as e:
+            errors[ds] = str(e)
+    return results, errors
+
+
+def analyze_studies(paths: Sequence[str | Path], *, use_mlflow: bool = True) -> dict[str, ParetoResult]:
+    """Like :func:`analyze_by_dataset`, but the first dataset that cannot be analysed raises its
+    :class:`UserError`. Keys: dataset names."""
+    results, errors = analyze_by_dataset(paths, use_mlflow=use_mlflow)
+    if errors:
+        raise UserError(next(iter(errors.values())))
+    return results

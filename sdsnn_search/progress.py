@@ -201,11 +201,17 @@ class ProgressView(Callback):
         console = Console() if Console().is_terminal else Console(width=200)
         df = outcome.table
         front = pareto_rows(df, self.objectives, getattr(self, "constraints", None))
-        if front is not None and len(front):
-            from .pareto import Constraint
+        from .pareto import Constraint
 
-            constraints = getattr(self, "constraints", None) or []
-            done = len(_feasible_rows(df, None))
+        constraints = getattr(self, "constraints", None) or []
+        done = len(_feasible_rows(df, None)) if df is not None and len(df) else 0
+        if done and (front is None or not len(front)):
+            cons = "; ".join(str(Constraint.from_dict(c)) for c in constraints) or "none"
+            console.print(f"no Pareto set: none of the {done} completed search trials meets the constraints "
+                          f"({cons}) with finite objectives; to analyse them under looser constraints edit "
+                          f"'constraints' in {outcome.study_dir / 'study.json'} and run  sdsnn-search pareto "
+                          f"{outcome.study_dir}")
+        if front is not None and len(front):
             if constraints:
                 cons = "; ".join(str(Constraint.from_dict(c)) for c in constraints)
                 of = f"{len(_feasible_rows(df, constraints))} feasible ({cons}) / {done} completed search trials"

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .pareto import ParetoResult, Study
-from .studyfile import log_study_artifact
+from .studyfile import log_study_artifact, store_unreachable
 
 __all__ = ["ReportFiles", "write_report", "parameter_importances", "REPORT_FILES"]
 
@@ -101,8 +101,82 @@ def _md_table(df: pd.DataFrame, cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+#: Readable names and units of the known metrics: metric -> (name, unit or "").
+_METRIC_NAMES = {
+    "val_acc": ("validation accuracy", "%"),
+    "test_acc": ("test accuracy", "%"),
+    "train_acc": ("training accuracy", "%"),
+    "energy_pj": ("energy per sample", "pJ"),
+    "dense_energy_pj": ("dense energy per sample", "pJ"),
+    "energy_ratio": ("energy / dense energy", ""),
+    "sops": ("synaptic operations per sample", ""),
+    "macs": ("multiply-accumulates per sample", ""),
+    "params": ("parameters of the compacted model", ""),
+    "syn_prune_rate": ("synapses pruned", "%"),
+    "neuron_prune_rate": ("neurons pruned", "%"),
+}
+#: Counts and energies: ticks with SI suffixes (200k, 1.2M) in the metric's own unit.
+_SI_METRICS = {"energy_pj", "dense_energy_pj", "sops", "macs", "params"}
+
+
+def _metric_name(metric: str) -> tuple[str, str]:
+    """(readable name, unit) of a metric; unknown metrics keep their name and get no unit."""
+    if metric in _METRIC_NAMES:
+        return _METRIC_NAMES[metric]
+    for prefix, what in (("syn_prune/", "synapses"), ("neuron_prune/", "neurons")):
+        if metric.startswith(prefix):
+            return f"{what} pruned in {metric[len(prefix):]}", "%"
+    return metric, ""
+
+
+def _metric_label(metric: str) -> str:
+    """'validation accuracy (%)', 'energy per sample (pJ)', ... (the metric name where unknown)."""
+    name, unit = _metric_name(metric)
+    return f"{name} ({unit})" if unit else name
+
+
+def _percent_metric(metric: str, values=None) -> bool:
+    """A fraction shown in percent: known percent metric whose values (if given) lie in [-1, 1]."""
+    if _metric_name(metric)[1] != "%":
+        return False
+    if values is None:
+        return True
+    v = pd.to_numeric(pd.Series(values), errors="coerce").abs()
+    return bool(v.notna().any() and v.max() <= 1.0 + 1e-9)
+
+
+def _si_metric(metric: str, values) -> bool:
+    """Ticks with SI suffixes: a count or energy whose non-zero values are all at least 1."""
+    if metric not in _SI_METRICS:
+        return False
+    v = pd.to_numeric(pd.Series(values), errors="coerce").abs()
+    v = v[v > 0]
+    return bool(len(v) and v.min() >= 1.0 and v.max() >= 1e3)
+
+
+def _compact_num(v: float) -> str:
+    """2000000 -> '2e6', 1.5e5 -> '1.5e5', 0.7 -> '0.7' (titles and labels)."""
+    s = f"{float(v):.3g}"
+    return s.replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def _value_text(metric: str, v: float) -> str:
+    """A value of ``metric`` with its unit: 'val_acc 0 %' style pieces ('0 %', '2e6 pJ')."""
+    if _percent_metric(metric, [v]):
+        return f"{_compact_num(100 * float(v))} %"
+    unit = _metric_name(metric)[1]
+    return f"{_compact_num(v)} {unit}".strip()
+
+
+def _short(label: str, n: int = 32) -> str:
+    """A study label cut to ``n`` characters (the end kept: it is the distinctive part of a path)."""
+    label = str(label)
+    return label if len(label) <= n else "…" + label[-(n - 1):]
+
+
 def _label(o) -> str:
-    return f"{o.metric} ({'higher' if o.maximise else 'lower'} is better)"
+    """Axis title of an objective: readable name, unit, and which way is better."""
+    return f"{_metric_label(o.metric)} ({'higher' if o.maximise else 'lower'} is better)"
 
 
 # ----------------------------------------------------------------------------- importances
@@ -300,7 +374,8 @@ def _plot_profiles(res: ParetoResult, path: Path) -> bool:
 def _front_columns(res: ParetoResult) -> list[str]:
     f = res.front
     first = ["study", "trial_id", "is_knee"] + [o.metric for o in res.objectives]
-    deltas = ["acc_gain", "syn_prune_rate", "neuron_prune_rate", "energy_vs_dense", "params", "params_vs_dense",
+    deltas = ["acc_gain", "dominated_by_dense", "syn_prune_rate", "neuron_prune_rate", "energy_vs_dense", "params",
+              "params_vs_dense",
               "energy_ratio", "val_acc", "val_loss", "energy_pj", "dense_energy_pj", "sops", "epochs", "duration_s"]
     cols = first + [c for c in deltas if c not in first]
     cols += _config_columns(f) + _layer_columns(f, "syn_prune") + _layer_columns(f, "neuron_prune")
@@ -333,7 +408,7 @@ def _report_md(res: ParetoResult, importances: list[tuple[str, Optional[pd.DataF
     objs = res.objectives
     metrics = [o.metric for o in objs]
     lines = [f"# Pareto report: {res.dataset}", ""]
-    lines += [f"Studies: {', '.join(f'`{s.name}`' for s in res.studies)}. "
+    lines += [f"Studies: {', '.join(f'`{s.tag}`' for s in res.studies)}. "
               f"Trials: {res.counts['trials']} recorded, {res.counts['completed']} completed search trials, "
               f"{res.counts['feasible']} feasible, {len(res.front)} on the front.", ""]
     lines += ["Objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in objs) + ". "
@@ -353,6 +428,9 @@ def _report_md(res: ParetoResult, importances: list[tuple[str, Optional[pd.DataF
     front_cols = ["study", "trial_id"] + metrics + ["acc_gain", "syn_prune_rate", "neuron_prune_rate",
                                                     "energy_vs_dense", "params", "params_vs_dense"]
     lines += [_md_table(res.front[res.front["is_knee"]], front_cols + _config_columns(res.front)), ""]
+    if bool(k.get("dominated_by_dense", False)):
+        lines += ["**The knee is dominated by the dense baseline** (the baseline is at least as good on every "
+                  "objective): this search found no trade-off better than the dense network here.", ""]
     lines += ["## Best points", ""]
     best_rows = []
     for o in objs:
@@ -370,7 +448,7 @@ def _report_md(res: ParetoResult, importances: list[tuple[str, Optional[pd.DataF
                   "it (`params_vs_dense` above 1) while pruning much of its own.", ""]
     else:
         lines += ["No completed dense baseline trial; deltas are not available.", ""]
-    lines += ["## Pareto front", "", _md_table(res.front, front_cols), ""]
+    lines += ["## Pareto front", "", _md_table(res.front, front_cols + ["dominated_by_dense"]), ""]
     lines += ["## Settings that mattered", ""]
     for study_name, table, note in importances:
         lines += [f"Study `{study_name}`: {note}.", ""]
@@ -396,6 +474,9 @@ def _log_to_mlflow(study: Study, files: list[Path], artifact_path: str = "pareto
     uri, run_id = study.meta.get("tracking_uri"), study.meta.get("parent_run_id")
     if not uri or not run_id:
         return None, "study.json names no MLflow tracking URI / parent run; artifacts not logged"
+    why = store_unreachable(uri)
+    if why:
+        return None, f"{why}; artifacts not logged (the files are in the folder above)"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         from mlflow.tracking import MlflowClient
@@ -413,7 +494,7 @@ def write_report(res: ParetoResult, out_dir: Optional[Path] = None, *, log_mlflo
 
     A merged analysis (several studies) goes to ``pareto-merged/`` in each study folder and in its
     MLflow artifacts, so that each study keeps its own report (``pareto/``, the folder itself)."""
-    importances = [(s.name, *parameter_importances(s, res.objectives)) for s in res.studies]
+    importances = [(s.tag, *parameter_importances(s, res.objectives)) for s in res.studies]
     merged = MERGED_DIR if len(res.studies) > 1 else None
     targets = ([(Path(out_dir), None)] if out_dir is not None
                else [(s.path / merged if merged else s.path, s) for s in res.studies])
@@ -449,7 +530,7 @@ def write_report(res: ParetoResult, out_dir: Optional[Path] = None, *, log_mlflo
         else:
             notes.append("the trials table has no syn_prune/<layer> or neuron_prune/<layer> columns; "
                          "no pruning profile plot")
-        md_notes = list(notes)
+        md_notes = list(res.notes) + notes
         p = folder / "report.md"
         with _atomic(p) as tmp:
             tmp.write_text(_report_md(res, importances, md_notes))

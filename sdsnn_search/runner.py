@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -271,6 +272,7 @@ def _table_callback_class():
                 "node_id": last.get("node_id"),
                 "hostname": last.get("hostname"),
                 "pid": last.get("pid"),
+                "ended_at": old.get("ended_at"),  # set once, when the driver sees the trial end
             }
             for path in self.spec_dict["params"]:
                 v = _get_path(self.base_config, path) if baseline else trial.config.get(path)
@@ -301,12 +303,14 @@ def _table_callback_class():
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.update(trial)
             self.rows[trial.trial_id]["status"] = ended_status(trial.last_result, self.total_epochs)
+            self.rows[trial.trial_id]["ended_at"] = time.time()
             self.write()
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.update(trial)
             nan = (trial.last_result or {}).get("trial_status") == "nan"
             self.rows[trial.trial_id]["status"] = "nan" if nan else "failed"
+            self.rows[trial.trial_id]["ended_at"] = time.time()
             self.write()
 
         def on_experiment_end(self, trials, **info):
@@ -320,7 +324,7 @@ def _table_callback_class():
 def trials_frame(rows: list[dict[str, Any]], spec_dict: dict[str, Any]) -> pd.DataFrame:
     """Rows -> the trials table with the contract's leading columns first."""
     lead = ["trial_id", "status", "is_baseline", "dataset", "duration_s", "epochs", "run_dir",
-            "checkpoint_path", "mlflow_run_id", "node_id", "hostname", "pid"]
+            "checkpoint_path", "mlflow_run_id", "node_id", "hostname", "pid", "ended_at"]
     cfg_cols = [f"config/{p}" for p in spec_dict["params"]]
     objs = [o["metric"] for o in spec_dict["objectives"]]
     df = pd.DataFrame(rows)

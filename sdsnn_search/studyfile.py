@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import unquote, urlparse
@@ -14,7 +15,7 @@ from urllib.parse import unquote, urlparse
 from sdsnn.errors import UserError
 
 __all__ = ["STUDY_FILE", "read_study", "write_study", "default_tracking_uri", "local_tracking_uri", "log_study_artifact",
-           "load_study_plugins"]
+           "load_study_plugins", "store_unreachable"]
 
 STUDY_FILE = "study.json"
 
@@ -34,6 +35,29 @@ def local_tracking_uri(uri: Optional[str], study_dir: Path) -> Optional[str]:
     if (Path(study_dir) / "mlflow.db").is_file():
         return default_tracking_uri(study_dir)
     return uri
+
+
+def store_unreachable(uri: Optional[str], timeout_s: float = 3.0) -> Optional[str]:
+    """Why the MLflow store at ``uri`` cannot be used right now, or None when it looks usable.
+
+    Checked before any MLflow call that reads an existing study's store: MLflow retries an
+    unreachable server for about four minutes, and it creates an empty sqlite file where the
+    study's ``mlflow.db`` is missing. A server is checked by opening a TCP connection."""
+    if not uri:
+        return "study.json names no MLflow tracking URI"
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout_s).close()
+        except OSError as e:
+            return f"MLflow server {parsed.hostname}:{port} unreachable ({e.strerror or type(e).__name__})"
+        return None
+    if uri.startswith("sqlite:///"):
+        db = Path(unquote(uri[len("sqlite:///"):]))
+        if not db.is_file():
+            return f"MLflow store {db} does not exist"
+    return None
 
 
 def _relocated_artifacts(run_artifact_uri: str, study_dir: Path, uri: str) -> Optional[Path]:

@@ -265,3 +265,147 @@ def test_a_study_where_every_trial_failed_says_so(tmp_path):
     d = write_study(tmp_path, "allfail", t)
     with pytest.raises(UserError, match=r"no search trial .* completed \(5 failed or diverged\)"):
         analyze_studies([d])
+
+
+def _baseline_of(trials: pd.DataFrame, **values) -> pd.DataFrame:
+    t = trials.copy()
+    for k, v in values.items():
+        t.loc[t["is_baseline"], k] = v
+    return t
+
+
+def test_studies_that_share_a_name_keep_their_own_baselines_and_trial_ids(tmp_path):
+    """Two studies named alike (in different folders) with the same trial ids: each front member is
+    compared with its own study's baseline, tables name the studies apart, the knee is the flagged
+    row (not the first row with its trial id)."""
+    one = write_study(tmp_path / "lab1", "s", _baseline_of(make_trials(15, seed=8), val_acc=0.95, energy_pj=1.2e6,
+                                                           params=10000), created="2025-01-01")
+    two = write_study(tmp_path / "lab2", "s", _baseline_of(make_trials(15, seed=9), val_acc=0.80, energy_pj=6.0e5,
+                                                           params=4000), created="2025-01-02")
+    res = analyze_studies([one, two])["digits"]
+    assert [s.tag for s in res.studies] == ["lab1/s", "lab2/s"]
+    assert set(res.baselines["study"]) == {"lab1/s", "lab2/s"}
+    base = {"lab1/s": (0.95, 1.2e6, 10000), "lab2/s": (0.80, 6.0e5, 4000)}
+    f = res.front
+    assert set(f["study"]) == {"lab1/s", "lab2/s"}  # both studies reach the front with these seeds
+    for _, r in f.iterrows():
+        acc, energy, params = base[r["study"]]
+        assert r["acc_gain"] == pytest.approx(r["val_acc"] - acc)
+        assert r["energy_vs_dense"] == pytest.approx(r["energy_pj"] / energy)
+        assert r["params_vs_dense"] == pytest.approx(r["params"] / params)
+    knee = f[f["is_knee"]].iloc[0]
+    assert res.knee["study"] == knee["study"] and res.knee["val_acc"] == knee["val_acc"]
+    assert any("2 studies merged" in n for n in res.notes)
+
+
+def test_a_study_merged_with_its_copy_is_refused(tmp_path):
+    import shutil
+
+    d = write_study(tmp_path / "orig", "s", make_trials(10, seed=1), created="2025-03-01T10:00:00")
+    copy = tmp_path / "backup" / "s"
+    shutil.copytree(d, copy)
+    with pytest.raises(UserError, match="copies of one study") as e:
+        analyze_studies([d, copy])
+    assert "\n" not in str(e.value)
+    assert analyze_studies([d, d])["digits"].counts["trials"] == 11  # the same folder twice: once
+
+
+def test_front_members_dominated_by_the_dense_baseline_are_flagged(tmp_path):
+    """A baseline better than the knee on both objectives: flagged in the front, pareto.csv, the
+    report and the command's notes; with a poor baseline nothing is flagged."""
+    from click.testing import CliRunner
+
+    from sdsnn_search.cli import main
+
+    t = make_trials(20, seed=2)
+    strong = write_study(tmp_path, "strong", _baseline_of(t, val_acc=0.999, energy_pj=1.0e3))
+    res = analyze_studies([strong])["digits"]
+    assert res.front["dominated_by_dense"].all() and res.knee["dominated_by_dense"]
+    assert any("the knee among them" in n for n in res.notes)
+    r = CliRunner().invoke(main, ["pareto", str(strong), "--no-mlflow"])
+    assert r.exit_code == 0, r.output
+    assert "note:" in r.output and "dominated by their study's dense baseline" in r.output
+    assert "The knee is dominated by the dense baseline" in (strong / "report.md").read_text()
+    assert pd.read_csv(strong / "pareto.csv")["dominated_by_dense"].all()
+    weak = write_study(tmp_path, "weak", _baseline_of(t, val_acc=0.5, energy_pj=1.9e6))
+    res = analyze_studies([weak])["digits"]
+    assert not res.front["dominated_by_dense"].any() and not any("dominated" in n for n in res.notes)
+    # one objective equal, the other better: still dominated; equal on both: not
+    knee = res.knee
+    mixed = write_study(tmp_path, "mixed", _baseline_of(t, val_acc=float(knee["val_acc"]),
+                                                        energy_pj=float(knee["energy_pj"]) - 1.0))
+    assert analyze_studies([mixed])["digits"].knee["dominated_by_dense"]
+    tie = write_study(tmp_path, "tie", _baseline_of(t, val_acc=float(knee["val_acc"]),
+                                                    energy_pj=float(knee["energy_pj"])))
+    assert not analyze_studies([tie])["digits"].knee["dominated_by_dense"]
+
+
+def test_an_unfinished_study_and_a_two_member_front_are_said(tmp_path):
+    import json as _json
+
+    t = make_trials(6, seed=3)
+    t = t[t["is_baseline"] | t["trial_id"].isin(["t000", "t001"])].copy()
+    t.loc[t["trial_id"] == "t000", ["val_acc", "energy_pj"]] = [0.9, 5e5]
+    t.loc[t["trial_id"] == "t001", ["val_acc", "energy_pj"]] = [0.8, 2e5]
+    d = write_study(tmp_path, "cut", t)
+    meta = _json.loads((d / "study.json").read_text())
+    assert not any("not finished" in n for n in analyze_studies([d])["digits"].notes)
+    meta["finished"] = False
+    (d / "study.json").write_text(_json.dumps(meta))
+    res = analyze_studies([d])["digits"]
+    assert len(res.front) == 2 and res.knee_trial_id == "t000"
+    assert any("has not finished" in n and f"sdsnn-search resume {d.resolve()}" in n for n in res.notes)
+    assert any("two members" in n and "higher val_acc" in n for n in res.notes)
+
+
+def test_history_follows_ended_at_and_no_mlflow_never_contacts_the_store(tmp_path):
+    """The table's ended_at orders the hypervolume history; an older table (no ended_at) whose
+    study names an MLflow server nobody answers falls back to row order at once, and with
+    use_mlflow=False the store is not even probed."""
+    import socket
+
+    from sdsnn_search.pareto import load_study
+
+    t = make_trials(8, seed=4)
+    t["ended_at"] = np.arange(len(t), 0, -1, dtype=float) + 1.7e9  # finished in reverse row order
+    d = write_study(tmp_path, "timed", t)
+    s = load_study(d)
+    assert list(s.trials["trial_id"]) == list(t["trial_id"])[::-1]
+    assert s.order_source == "end times recorded in the trials table"
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    old = write_study(tmp_path, "old", make_trials(8, seed=4), tracking_uri=f"http://127.0.0.1:{port}",
+                      parent_run_id="abc")
+    s = load_study(old)
+    assert "unreachable" in s.order_source and list(s.trials["trial_id"]) == list(make_trials(8, seed=4)["trial_id"])
+    assert "--no-mlflow" in load_study(old, use_mlflow=False).order_source
+    gone = write_study(tmp_path, "gone", make_trials(8, seed=4), tracking_uri=f"sqlite:///{tmp_path}/nope.db",
+                       parent_run_id="abc")
+    assert "does not exist" in load_study(gone).order_source and not (tmp_path / "nope.db").exists()
+
+
+def test_one_dataset_without_feasible_trials_does_not_stop_the_others(tmp_path):
+    from click.testing import CliRunner
+
+    from sdsnn_search.cli import main
+
+    good = write_study(tmp_path, "good", make_trials(10, seed=6))
+    bad = write_study(tmp_path, "bad", make_trials(6, seed=7, dataset="mnist"), dataset="mnist",
+                      constraints=[{"metric": "energy_pj", "op": "<=", "value": 1.0}])
+    r = CliRunner().invoke(main, ["pareto", str(bad), str(good), "--no-mlflow"])
+    assert r.exit_code == 2
+    assert "digits: " in r.output and (good / "report.md").is_file()
+    assert "error: no feasible trial for dataset 'mnist'" in r.output and not (bad / "pareto.csv").exists()
+
+
+def test_different_objectives_error_names_both(tmp_path):
+    import json as _json
+
+    a = write_study(tmp_path, "a", make_trials(6, seed=1), created="2025-01-01")
+    b = write_study(tmp_path, "b", make_trials(6, seed=2), created="2025-01-02")
+    meta = _json.loads((b / "study.json").read_text())
+    meta["objectives"] = [{"metric": "val_acc", "mode": "max"}, {"metric": "params", "mode": "min"}]
+    (b / "study.json").write_text(_json.dumps(meta))
+    with pytest.raises(UserError, match=r"energy_pj \(min\).*params \(min\)"):
+        analyze_studies([a, b])
