@@ -463,3 +463,22 @@ def test_progress_of_a_resumed_study_counts_the_trials_done_before(tmp_path):
     c = view._counts()
     assert (c["completed"], c["failed"], c["running"]) == (2, 1, 0)  # the interrupted one is still to do
     assert view._best == {"val_acc": 0.8, "energy_pj": 3.0}  # search trials only, not the baseline
+
+
+def test_the_end_of_a_run_says_when_no_trial_is_feasible(tmp_path, capsys):
+    """Completed trials that all break a constraint: the final summary says there is no Pareto set
+    and why, instead of printing nothing about it."""
+    from sdsnn_search.progress import ProgressView
+    from sdsnn_search.runner import StudyOutcome
+
+    spec = _fake_spec(num_samples=2, epochs=2)  # constraint val_acc >= 0.3
+    df = pd.DataFrame({"trial_id": ["b", "t1", "t2"], "status": ["completed"] * 3, "is_baseline": [True, False, False],
+                       "val_acc": [0.9, 0.1, 0.2], "energy_pj": [5.0, 3.0, 1.0]})
+    out = StudyOutcome(study_dir=tmp_path, name="hard", table=df, counts={"completed": 3})
+    ProgressView(spec, tmp_path, enabled=True).final(out)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "no Pareto set: none of the 2 completed search trials meets the constraints (val_acc >= 0.3)" in text
+    df.loc[2, "val_acc"] = 0.5
+    ProgressView(spec, tmp_path, enabled=True).final(out)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "no Pareto set" not in text and "Pareto set of hard: 1 on the front" in text
